@@ -1,0 +1,1 @@
+"""The fleet model: catalog, model registry, performance and power model, endpoints, live state."""

@@ -1,0 +1,1 @@
+"""Pure, synchronous placement decisions: filters, scorers, pickers, the planner and the baselines."""

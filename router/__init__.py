@@ -1,0 +1,1 @@
+"""The async shell: CLI, configuration, gRPC servicers, HTTP side, metrics and wiring."""

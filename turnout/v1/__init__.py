@@ -1,0 +1,1 @@
+"""Generated from proto/turnout/v1 by scripts/gen-proto.sh; do not edit."""
