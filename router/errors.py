@@ -68,6 +68,18 @@ class Unimplemented(RpcError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class AlreadyExists(RpcError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(RpcError):
+    code = grpc.StatusCode.ABORTED
+
+
+class Unavailable(RpcError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class ResourceExhausted(RpcError):
     """Nothing can take the work now. ``reason`` is machine-readable ("slo", "capacity", "power")."""
 
