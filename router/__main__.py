@@ -1,0 +1,5 @@
+"""``python -m router``: the ``turnout`` command."""
+
+from router.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The one package converting between protobuf messages and domain values (one module per service)."""

@@ -1,0 +1,217 @@
+"""Prometheus metrics of the service, on a registry of its own (no module-level state).
+
+Request-path counters and histograms are updated by the servicers. Fleet and plan gauges are not kept
+up to date by anyone: :class:`FleetCollector` reads the latest published snapshot and plan when
+Prometheus scrapes, so they can never drift from what the router decides on.
+
+Names and labels (units in the names)::
+
+    turnout_place_requests_total{model,outcome,accelerator}   Place decisions by outcome
+    turnout_place_decision_seconds                            server-side decision time (histogram)
+    turnout_request_cost_usd_per_mtok{model,accelerator}      predicted cost per 1e6 tokens (histogram)
+    turnout_cost_usd_total{tenant,model,accelerator}          cost attributed on Complete
+    turnout_tokens_total{tenant,model,accelerator,kind}       tokens on Complete, kind=input|output
+    turnout_slo_violations_total{model,kind}                  Complete reports over SLO, kind=ttft|tpot
+    turnout_plan_solve_seconds                                planner wall time (histogram)
+    turnout_telemetry_accepted_total                          telemetry samples applied
+    turnout_telemetry_rejected_total{field}                   samples refused, by the field at fault
+    turnout_scrapes_total{outcome}                            endpoint metric scrapes
+    turnout_rpc_invalid_argument_total{method}                INVALID_ARGUMENT answers
+    turnout_build_info{version}                               1
+    -- read from the snapshot / plan at scrape time --
+    turnout_zone_power_watts{zone}, turnout_zone_power_cap_watts{zone}
+    turnout_accelerator_utilization_ratio{kind,zone}          chip-weighted mean busy share
+    turnout_endpoints{status}                                 endpoints per status
+    turnout_snapshot_version
+    turnout_plan_generation, turnout_plan_age_seconds, turnout_plan_cost_usd_per_hour,
+    turnout_plan_status{status}, turnout_pool_desired_replicas{pool}
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fleet.types import EndpointState, EndpointStatus, FleetSnapshot
+from policies.types import Plan
+
+PLAN_STATUSES = ("none", "optimal", "feasible", "timeout_kept_previous", "failed_kept_previous")
+OTHER_LABEL = "_other"  # label value standing for names outside the fleet (bounded cardinality)
+
+DECISION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+COST_BUCKETS_USD_PER_MTOK = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+SOLVE_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class TurnoutMetrics:
+    """Every metric the service exports, registered on ``self.registry``."""
+
+    def __init__(self, *, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.place_requests = Counter(
+            "turnout_place_requests",
+            "Place decisions by outcome.",
+            ["model", "outcome", "accelerator"],
+            registry=r,
+        )
+        self.place_decision_seconds = Histogram(
+            "turnout_place_decision_seconds",
+            "Server-side Place decision time.",
+            buckets=DECISION_BUCKETS_S,
+            registry=r,
+        )
+        self.request_cost_usd_per_mtok = Histogram(
+            "turnout_request_cost_usd_per_mtok",
+            "Predicted cost of placed requests, US dollars per million tokens.",
+            ["model", "accelerator"],
+            buckets=COST_BUCKETS_USD_PER_MTOK,
+            registry=r,
+        )
+        self.cost_usd = Counter(
+            "turnout_cost_usd",
+            "Cost attributed to tenants on Complete, US dollars.",
+            ["tenant", "model", "accelerator"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "turnout_tokens",
+            "Tokens reported on Complete.",
+            ["tenant", "model", "accelerator", "kind"],
+            registry=r,
+        )
+        self.slo_violations = Counter(
+            "turnout_slo_violations",
+            "Completed requests whose observed latency missed their SLO.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.plan_solve_seconds = Histogram(
+            "turnout_plan_solve_seconds", "Planner solve wall time.", buckets=SOLVE_BUCKETS_S, registry=r
+        )
+        self.telemetry_accepted = Counter(
+            "turnout_telemetry_accepted", "Telemetry samples applied to the fleet store.", registry=r
+        )
+        self.telemetry_rejected = Counter(
+            "turnout_telemetry_rejected",
+            "Telemetry samples refused, by the field at fault.",
+            ["field"],
+            registry=r,
+        )
+        self.scrapes = Counter(
+            "turnout_scrapes", "Scrapes of endpoint metric pages.", ["outcome"], registry=r
+        )
+        self.rpc_invalid_argument = Counter(
+            "turnout_rpc_invalid_argument",
+            "RPCs answered INVALID_ARGUMENT, by method.",
+            ["method"],
+            registry=r,
+        )
+        self.build_info = Info("turnout_build", "Turnout build information.", registry=r)
+        self.build_info.info({"version": version})
+        self._fleet_collector: FleetCollector | None = None
+
+    def attach_fleet(
+        self,
+        snapshot: Callable[[], FleetSnapshot],
+        plan: Callable[[], Plan],
+        clock: Callable[[], float],
+        utilization_ratio: Callable[[EndpointState], float],
+    ) -> None:
+        """Exports fleet and plan gauges read from ``snapshot()`` and ``plan()`` at each scrape."""
+        if self._fleet_collector is not None:
+            raise RuntimeError("fleet gauges are already attached")
+        self._fleet_collector = FleetCollector(snapshot, plan, clock, utilization_ratio)
+        self.registry.register(self._fleet_collector)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (version 0.0.4)."""
+        return generate_latest(self.registry)
+
+
+class FleetCollector(Collector):
+    """Gauges computed from the latest snapshot and plan when the registry is collected."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], FleetSnapshot],
+        plan: Callable[[], Plan],
+        clock: Callable[[], float],
+        utilization_ratio: Callable[[EndpointState], float],
+    ) -> None:
+        self._snapshot = snapshot
+        self._plan = plan
+        self._clock = clock
+        self._utilization_ratio = utilization_ratio
+
+    def describe(self) -> list[Metric]:
+        return []  # no fixed sample set; avoids collecting at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        plan = self._plan()
+
+        power = GaugeMetricFamily(
+            "turnout_zone_power_watts",
+            "Accelerator power drawn per zone (reported or modelled), watts.",
+            labels=["zone"],
+        )
+        cap = GaugeMetricFamily("turnout_zone_power_cap_watts", "Power cap per zone, watts.", labels=["zone"])
+        for name in sorted(snap.zones):
+            power.add_metric([name], snap.zone_power_w.get(name, 0.0))
+            cap.add_metric([name], snap.zones[name].power_cap_w)
+        yield power
+        yield cap
+
+        busy_chips: dict[tuple[str, str], float] = defaultdict(float)
+        chips: dict[tuple[str, str], int] = defaultdict(int)
+        counts = dict.fromkeys(EndpointStatus, 0)
+        for state in snap.endpoints:
+            key = (state.spec.accelerator_kind, state.spec.zone)
+            chips[key] += state.spec.chips
+            busy_chips[key] += state.spec.chips * self._utilization_ratio(state)
+            counts[state.status] += 1
+        util = GaugeMetricFamily(
+            "turnout_accelerator_utilization_ratio",
+            "Chip-weighted mean busy share of each accelerator kind per zone.",
+            labels=["kind", "zone"],
+        )
+        for key in sorted(chips):
+            util.add_metric(list(key), busy_chips[key] / chips[key] if chips[key] else 0.0)
+        yield util
+        endpoints = GaugeMetricFamily("turnout_endpoints", "Endpoints per status.", labels=["status"])
+        for status in EndpointStatus:
+            endpoints.add_metric([status.value], counts[status])
+        yield endpoints
+        yield GaugeMetricFamily(
+            "turnout_snapshot_version", "Version of the latest published fleet snapshot.", value=snap.version
+        )
+
+        yield GaugeMetricFamily(
+            "turnout_plan_generation", "Generation of the current plan; 0 when none.", value=plan.generation
+        )
+        age = GaugeMetricFamily("turnout_plan_age_seconds", "Seconds since the current plan was published.")
+        if plan.generation > 0:
+            age.add_metric([], max(0.0, self._clock() - plan.created_at_s))
+        yield age
+        yield GaugeMetricFamily(
+            "turnout_plan_cost_usd_per_hour",
+            "Predicted fleet cost of the current plan, US dollars per hour.",
+            value=plan.predicted_cost_usd_per_hour,
+        )
+        plan_status = GaugeMetricFamily(
+            "turnout_plan_status", "1 for the status of the current plan.", labels=["status"]
+        )
+        for s in sorted(set(PLAN_STATUSES) | {plan.status}):
+            plan_status.add_metric([s], 1.0 if s == plan.status else 0.0)
+        yield plan_status
+        desired = GaugeMetricFamily(
+            "turnout_pool_desired_replicas", "Replicas the plan wants active per pool.", labels=["pool"]
+        )
+        for pool, n in sorted(plan.desired_replicas.items()):
+            desired.add_metric([pool], n)
+        yield desired

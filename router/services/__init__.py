@@ -1,0 +1,1 @@
+"""The gRPC servicers, one module per turnout.v1 service."""
