@@ -46,7 +46,9 @@ class TrafficClass:
 
     @property
     def name(self) -> str:
-        return f"{self.model}/in{self.input_bucket_tokens}/out{self.output_bucket_tokens}/{self.priority.value}"
+        return (
+            f"{self.model}/in{self.input_bucket_tokens}/out{self.output_bucket_tokens}/{self.priority.value}"
+        )
 
 
 def _empty() -> Mapping[str, float]:

@@ -1,0 +1,125 @@
+"""The "turnout" policy: the per-request fast path that follows the global plan with live load.
+
+For each request, on one snapshot, one plan and one read-only ledger view, at ``now_s``:
+
+1. **Replay.** A request id that holds a live lease gets that placement again (reason
+   ``idempotent_replay``); a different request under a live request id raises ``RequestIdConflict``.
+2. **Class.** The request's traffic class from the configured length buckets (``policies.demand``).
+3. **Fresh plan** (generation > 0 and ``now_s - plan.created_at_s <= max_plan_age_s``): run the plan
+   profile (hard filters, then plan affinity, cost and load) over the eligible endpoints the plan gives a
+   share of the class. If one is feasible it is chosen (reason ``plan``); fallbacks are the next planned
+   ones, topped up with feasible unplanned ones: looked for in the order of a static reference cost per
+   token (:class:`~policies.predict.Target`) and ranked by the spill profile, so that finding fallbacks
+   does not cost an evaluation of every endpoint of the model. If none is feasible (a burst beyond the
+   plan, or a class the plan does not cover), run the spill profile (hard filters, then cost) over the
+   other endpoints: the cheapest feasible is chosen (reason ``plan_spill``) and ``replan_requested`` is set.
+4. **No plan or a stale plan**: the spill profile over every eligible endpoint (reason ``no_plan`` or
+   ``stale_plan``); the plan's age is the caller's to report in a metric. Routing never stops for a plan.
+5. **Nothing feasible**: :class:`~policies.decision.Refused` with the binding reason and a retry delay from
+   the expected drain time of the blocking queue. Because the shed filter keeps part of the headroom for
+   higher priorities, sheddable work is refused before standard and standard before critical.
+
+Usage (the router's event loop owns the ledger)::
+
+    ledger.expire(now_s)                                   # retire due bookings and expired leases
+    decision = fast_path.place(request, snapshot, plan, ledger, now_s)
+    if isinstance(decision, Placed) and not decision.lease_id:  # a new placement, not a replay
+        lease = fast_path.lease_for(decision, lease_id=new_id(), now_s=now_s)
+        ledger.reserve(lease)
+        answer(lease.placement)                            # the placement carrying its lease id
+    ...
+    ledger.complete(lease_id, observed_ttft_ms=..., observed_tpot_ms=...)   # on Complete; idempotent
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fleet.types import FleetSnapshot
+from policies.config import PolicyConfig
+from policies.decision import PlaceDecision, PlacementReason, PolicyCore, ServingLookup
+from policies.framework import Profile
+from policies.ledger import LedgerView
+from policies.types import PlacementRequest, Plan
+
+__all__ = ["FastPath"]
+
+
+class FastPath(PolicyCore):
+    """The plan-following, cost-aware policy (module docstring). Registered as "turnout"."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        serving: ServingLookup,
+        *,
+        plan_profile: Profile,
+        spill_profile: Profile,
+        clock: Callable[[], float] | None = None,
+        name: str = "turnout",
+    ) -> None:
+        super().__init__(name, config, serving, clock=clock)
+        self.plan_profile = plan_profile
+        self.spill_profile = spill_profile
+
+    def plan_is_fresh(self, plan: Plan, now_s: float) -> bool:
+        return (
+            plan.generation > 0
+            and plan.status != "none"
+            and now_s - plan.created_at_s <= self.config.max_plan_age_s
+        )
+
+    def place(
+        self, request: PlacementRequest, snapshot: FleetSnapshot, plan: Plan, ledger: LedgerView, now_s: float
+    ) -> PlaceDecision:
+        replayed = self.replay(request, ledger)
+        if replayed is not None:
+            return replayed
+        traffic_class = self.classify(request)
+        eligible, ineligible = self.targets(snapshot, request.model)
+        k = self._k
+
+        if not self.plan_is_fresh(plan, now_s):
+            reason = PlacementReason.NO_PLAN if plan.generation == 0 else PlacementReason.STALE_PLAN
+            ctx = self.context(request, traffic_class, snapshot, plan, ledger, now_s)
+            result = self.spill_profile.run(ctx, eligible, k)
+            if result.ranked:
+                return self.placed(ctx, result.ranked, reason, plan_generation=0, replan_requested=False)
+            return self.refused(ctx, result.rejected, ineligible, plan_generation=0, replan_requested=False)
+
+        shares = self.class_shares(plan, traffic_class.name)
+        ctx = self.context(request, traffic_class, snapshot, plan, ledger, now_s, shares)
+        if shares:
+            planned = [t for t in eligible if t.endpoint_id in shares]
+            # Unplanned endpoints, cheapest reference cost first: the order fallbacks are looked for in.
+            others = [
+                t
+                for t in self.eligible_by_reference_cost(snapshot, request.model)
+                if t.endpoint_id not in shares
+            ]
+        else:
+            planned, others = [], list(self.eligible_by_reference_cost(snapshot, request.model))
+
+        planned_result = self.plan_profile.run(ctx, planned, k) if planned else None
+        if planned_result is not None and planned_result.ranked:
+            ranked = list(planned_result.ranked)
+            if len(ranked) < k and others:
+                # Top up the fallbacks with feasible unplanned endpoints, looked for in the order of their
+                # static reference cost and ranked by the spill profile among those found.
+                need = k - len(ranked)
+                ranked.extend(self.spill_profile.run(ctx, others, need, enough=need).ranked)
+            return self.placed(
+                ctx, ranked, PlacementReason.PLAN, plan_generation=plan.generation, replan_requested=False
+            )
+
+        spill = self.spill_profile.run(ctx, others, k)
+        if spill.ranked:
+            return self.placed(
+                ctx,
+                spill.ranked,
+                PlacementReason.PLAN_SPILL,
+                plan_generation=plan.generation,
+                replan_requested=True,
+            )
+        rejected = (planned_result.rejected if planned_result is not None else ()) + spill.rejected
+        return self.refused(ctx, rejected, ineligible, plan_generation=plan.generation, replan_requested=True)

@@ -1,0 +1,299 @@
+"""Predicted outcome of one request on one endpoint: TTFT, TPOT, cost, energy, power increment.
+
+Live load
+---------
+Two sources count the work on an endpoint: its own telemetry (``running_requests + waiting_requests``,
+``kv_cache_usage_ratio``) and the reservation ledger (requests placed here and not yet completed). They
+overlap: a request placed by this router shows in the endpoint's telemetry once it arrives there. Adding
+them would count it twice, so the prediction takes the larger of the two: the ledger covers what the last
+telemetry report has not seen yet, telemetry covers traffic placed by anyone else.
+
+* ``in_flight = max(running + waiting, ledger outstanding)``; the request decodes in a batch of
+  ``in_flight + 1``.
+* prefill queue ahead of the request:
+  ``max(ledger queued prefill tokens, waiting x waiting_request_prefill_tokens)``.
+* KV tokens in use: ``max(kv_cache_usage_ratio x kv_capacity_tokens, ledger KV tokens)``.
+
+Predictions
+-----------
+* ``ttft_ms = profile.ttft_ms(input, queued) x ttft_factor + network_latency_ms`` where the network term is
+  the data-gravity latency when the request's data lives in another region, and ``ttft_factor`` the
+  endpoint's correction learned from completions (1 until observed).
+* ``tpot_ms = profile.tpot_ms(in_flight + 1, input + expected_output / 2) x tpot_factor``: the mean context
+  of this request while it decodes.
+* cost and energy: :mod:`policies.cost` with ``prefill_s`` the request's own prefill time (TTFT on an idle
+  endpoint, corrected) and ``batch = in_flight + 1``.
+* utilisation: the reported ``utilization_ratio`` if any, else ``in_flight / n_max`` where ``n_max`` is the
+  largest batch meeting the request's TPOT target at its class's longest context (memoised per class);
+  the request adds ``1 / n_max``. Power increment: ``power_w(u + 1 / n_max) - power_w(u)``, rounded up to
+  a whole milliwatt so that the ledger adds integers and its totals are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from fleet.types import EndpointSpec, EndpointState, ServingProfile, ZoneSpec
+from policies.cost import egress_cost_usd, request_cost_usd, request_energy_joules
+
+if TYPE_CHECKING:
+    from policies.config import PolicyConfig
+    from policies.ledger import Booking
+    from policies.types import PlacementRequest, TrafficClass
+
+__all__ = [
+    "Estimate",
+    "Prediction",
+    "Target",
+    "estimate",
+    "in_flight",
+    "kv_used_tokens",
+    "predict",
+    "prediction_of",
+]
+
+
+class Target:
+    """An endpoint as the policies see it on one snapshot: state, serving profile, derived constants.
+
+    Built once per snapshot version by the policy's index; never changed afterwards.
+    """
+
+    __slots__ = (
+        "endpoint_id",
+        "full_power_w",
+        "kind",
+        "kv_capacity_tokens",
+        "price_usd_per_s",
+        "reference_cost_usd",
+        "region",
+        "serving",
+        "spec",
+        "state",
+        "zone",
+        "zone_cap_w",
+        "zone_spec",
+    )
+
+    def __init__(self, state: EndpointState, serving: ServingProfile, zone: ZoneSpec | None) -> None:
+        spec: EndpointSpec = state.spec
+        self.state = state
+        self.spec = spec
+        self.endpoint_id = spec.endpoint_id
+        self.serving = serving
+        self.price_usd_per_s = spec.price_usd_per_hour / 3600.0
+        self.zone = spec.zone
+        self.region = spec.region
+        self.kind = spec.accelerator_kind
+        self.kv_capacity_tokens = int(serving.kv_capacity_tokens)
+        self.full_power_w = float(serving.power_w(1.0))
+        self.zone_spec = zone
+        self.zone_cap_w = zone.power_cap_w if zone is not None else math.inf
+        # A static cost per token of a reference request (1024 tokens in, 256 out, batch of 8): the order
+        # in which fallbacks are looked for among endpoints a decision does not otherwise evaluate.
+        ref_in, ref_out, ref_batch = 1024, 256, 8
+        ref_input_usd, ref_output_usd = request_cost_usd(
+            self.price_usd_per_s,
+            serving.ttft_ms(ref_in, 0) / 1000.0,
+            ref_out,
+            serving.tpot_ms(ref_batch, ref_in + ref_out // 2) / 1000.0,
+            ref_batch,
+        )
+        self.reference_cost_usd = ref_input_usd + ref_output_usd
+
+    def __repr__(self) -> str:
+        return f"Target({self.endpoint_id!r}, {self.state.status.value})"
+
+
+class Estimate(NamedTuple):
+    """The per-endpoint figures filters and scorers read (an immutable tuple: cheap to build for every
+    endpoint of a decision). :class:`Prediction` is built from it for the ranked candidates only."""
+
+    ttft_ms: float
+    tpot_ms: float
+    cost_usd: float
+    cost_usd_per_million_tokens: float
+    input_cost_usd: float
+    output_cost_usd: float
+    egress_cost_usd: float
+    network_latency_ms: float
+    profile_ttft_ms: float
+    profile_tpot_ms: float
+    decode_batch: int
+    queued_prefill_tokens: int
+    utilization_ratio: float
+    power_increment_mw: int
+    prefill_s: float  # the request's own prefill time, corrected
+    decode_power_w: float  # the endpoint's draw at ``utilization_ratio``
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What the policies expect if the request runs on an endpoint now (see the module docstring).
+
+    ``cost_usd = input_cost_usd + output_cost_usd + egress_cost_usd``; ``profile_*`` are the serving
+    profile's figures before the learned corrections and without network latency (what a completion's
+    observation corrects). ``utilization_ratio`` is the endpoint's with this request added.
+    """
+
+    ttft_ms: float
+    tpot_ms: float
+    cost_usd: float
+    cost_usd_per_million_tokens: float
+    energy_joules: float
+    input_cost_usd: float
+    output_cost_usd: float
+    egress_cost_usd: float
+    network_latency_ms: float
+    profile_ttft_ms: float
+    profile_tpot_ms: float
+    decode_batch: int
+    queued_prefill_tokens: int
+    utilization_ratio: float
+    power_increment_mw: int
+
+    @property
+    def power_increment_w(self) -> float:
+        return self.power_increment_mw / 1000.0
+
+
+def prediction_of(estimate: Estimate, target: Target, output_tokens: int) -> Prediction:
+    """The full prediction from an estimate: adds the energy (:mod:`policies.cost`)."""
+    e = estimate
+    energy = request_energy_joules(
+        target.full_power_w, e.decode_power_w, e.prefill_s, output_tokens, e.tpot_ms / 1000.0, e.decode_batch
+    )
+    return Prediction(
+        ttft_ms=e.ttft_ms,
+        tpot_ms=e.tpot_ms,
+        cost_usd=e.cost_usd,
+        cost_usd_per_million_tokens=e.cost_usd_per_million_tokens,
+        energy_joules=energy,
+        input_cost_usd=e.input_cost_usd,
+        output_cost_usd=e.output_cost_usd,
+        egress_cost_usd=e.egress_cost_usd,
+        network_latency_ms=e.network_latency_ms,
+        profile_ttft_ms=e.profile_ttft_ms,
+        profile_tpot_ms=e.profile_tpot_ms,
+        decode_batch=e.decode_batch,
+        queued_prefill_tokens=e.queued_prefill_tokens,
+        utilization_ratio=e.utilization_ratio,
+        power_increment_mw=e.power_increment_mw,
+    )
+
+
+def in_flight(target: Target, booking: Booking) -> int:
+    """Requests on the endpoint now: the larger of its telemetry count and the ledger's."""
+    load = target.state.load
+    live = load.running_requests + load.waiting_requests
+    return booking.outstanding if booking.outstanding > live else live
+
+
+def kv_used_tokens(target: Target, booking: Booking) -> int:
+    """KV-cache tokens in use: the larger of the reported usage and the ledger's reservations."""
+    reported = math.ceil(target.state.load.kv_cache_usage_ratio * target.kv_capacity_tokens)
+    return booking.kv_tokens if booking.kv_tokens > reported else reported
+
+
+def estimate(
+    request: PlacementRequest,
+    traffic_class: TrafficClass,
+    target: Target,
+    booking: Booking,
+    config: PolicyConfig,
+    own_prefill_ms: MutableMapping[int, float],
+    batch_limit: MutableMapping[tuple[int, float, int, int], int],
+) -> Estimate:
+    """The figures for ``request`` on ``target`` (module docstring).
+
+    ``own_prefill_ms`` memoises the idle-endpoint TTFT per serving profile for this request;
+    ``batch_limit`` memoises ``max_batch_for_tpot`` per (profile, TPOT target, class) across requests.
+    Both are keyed by ``id(profile)``: the caller keeps the profiles alive while the memo lives.
+    """
+    serving = target.serving
+    load = target.state.load
+    live = load.running_requests + load.waiting_requests
+    n = booking.outstanding if booking.outstanding > live else live
+    queued = booking.queued_prefill_tokens
+    waiting_tokens = load.waiting_requests * config.waiting_request_prefill_tokens
+    if waiting_tokens > queued:
+        queued = waiting_tokens
+
+    pid = id(serving)
+    own_ms = own_prefill_ms.get(pid)
+    if own_ms is None:
+        own_ms = float(serving.ttft_ms(request.input_tokens, 0))
+        own_prefill_ms[pid] = own_ms
+    profile_ttft_ms = own_ms if queued == 0 else float(serving.ttft_ms(request.input_tokens, queued))
+    data_region = request.data_region
+    crosses = bool(data_region) and data_region != target.region
+    network_ms = config.gravity.latency_ms(data_region, target.region) if crosses else 0.0
+    ttft_factor = booking.ttft_factor
+    ttft_ms = profile_ttft_ms * ttft_factor + network_ms
+
+    batch = n + 1
+    output_tokens = request.expected_output_tokens
+    profile_tpot_ms = float(serving.tpot_ms(batch, request.input_tokens + output_tokens // 2))
+    tpot_ms = profile_tpot_ms * booking.tpot_factor
+
+    prefill_s = own_ms * ttft_factor / 1000.0
+    input_usd, output_usd = request_cost_usd(
+        target.price_usd_per_s, prefill_s, output_tokens, tpot_ms / 1000.0, batch
+    )
+    tokens = request.input_tokens + output_tokens
+    egress_usd = (
+        egress_cost_usd(config.gravity.egress_usd_per_gb, tokens, config.gravity.bytes_per_token)
+        if crosses
+        else 0.0
+    )
+    cost_usd = input_usd + output_usd + egress_usd
+
+    key = (pid, request.slo.tpot_ms, traffic_class.input_bucket_tokens, traffic_class.output_bucket_tokens)
+    n_max = batch_limit.get(key)
+    if n_max is None:
+        longest_context = traffic_class.input_bucket_tokens + traffic_class.output_bucket_tokens // 2
+        n_max = max(0, int(serving.max_batch_for_tpot(request.slo.tpot_ms, longest_context)))
+        batch_limit[key] = n_max
+    reported = load.utilization_ratio
+    if n_max >= 1:
+        u_before = min(1.0, reported if reported is not None else n / n_max)
+        u_after = min(1.0, u_before + 1.0 / n_max)
+    else:
+        u_before = min(1.0, reported) if reported is not None else (1.0 if n else 0.0)
+        u_after = 1.0
+    p_after = float(serving.power_w(u_after))
+    increment_mw = max(0, math.ceil((p_after - float(serving.power_w(u_before))) * 1000.0 - 1e-6))
+
+    return Estimate(
+        ttft_ms,
+        tpot_ms,
+        cost_usd,
+        cost_usd * 1e6 / tokens if tokens > 0 else 0.0,
+        input_usd,
+        output_usd,
+        egress_usd,
+        network_ms,
+        profile_ttft_ms,
+        profile_tpot_ms,
+        batch,
+        queued,
+        u_after,
+        increment_mw,
+        prefill_s,
+        p_after,
+    )
+
+
+def predict(
+    request: PlacementRequest,
+    traffic_class: TrafficClass,
+    target: Target,
+    booking: Booking,
+    config: PolicyConfig,
+) -> Prediction:
+    """The full prediction for ``request`` on ``target``, without memoisation (tests, tools)."""
+    e = estimate(request, traffic_class, target, booking, config, {}, {})
+    return prediction_of(e, target, request.expected_output_tokens)

@@ -1,0 +1,159 @@
+"""Each filter plugin on its own: what it rejects, with which reason, and what it lets through."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from fakes import FAST, make_request, make_snapshot, make_spec, make_state, serving
+
+from fleet.types import EndpointState, EndpointStatus, FleetSnapshot, Priority, ZoneSpec
+from policies.config import PolicyConfig, ShedFractions
+from policies.decision import PolicyCore
+from policies.demand import classify
+from policies.filters.allowed import AllowedFilter
+from policies.filters.capacity import CapacityFilter
+from policies.filters.context import ContextFilter
+from policies.filters.eligible import EligibleFilter
+from policies.filters.latency import LatencyFilter
+from policies.filters.power import PowerFilter
+from policies.filters.shed import ShedFilter
+from policies.framework import CycleContext, RejectReason
+from policies.ledger import ReservationLedger
+from policies.predict import Target
+from policies.types import EMPTY_PLAN, PlacementRequest
+
+
+def ctx_for(
+    request: PlacementRequest,
+    snapshot: FleetSnapshot,
+    ledger: ReservationLedger | None = None,
+    config: PolicyConfig | None = None,
+) -> CycleContext:
+    cfg = config or PolicyConfig()
+    core = PolicyCore("test", cfg, serving)
+    cls = classify(
+        request.model, request.input_tokens, request.expected_output_tokens, request.priority, cfg.buckets
+    )
+    return core.context(
+        request, cls, snapshot, EMPTY_PLAN, ledger if ledger is not None else ReservationLedger(), 0.0
+    )
+
+
+def target(state: EndpointState, snapshot: FleetSnapshot) -> Target:
+    return Target(state, serving(state.spec), snapshot.zones.get(state.spec.zone))
+
+
+def one(state: EndpointState, **snapshot_kwargs: object) -> tuple[Target, FleetSnapshot]:
+    snapshot = make_snapshot([state], **snapshot_kwargs)  # type: ignore[arg-type]
+    return target(state, snapshot), snapshot
+
+
+@pytest.mark.parametrize("status", list(EndpointStatus))
+def test_eligible_only_ready(status: EndpointStatus) -> None:
+    t, snap = one(make_state(make_spec("e1"), status=status))
+    r = EligibleFilter().filter(ctx_for(make_request(), snap), t)
+    if status is EndpointStatus.READY:
+        assert r is None
+    else:
+        assert r is not None and r.reason is RejectReason.NOT_ELIGIBLE and status.value in r.detail
+        assert r.plugin == "eligible"
+
+
+def test_allowed_kinds_region_zone() -> None:
+    t, snap = one(make_state(make_spec("e1", kind="h100", zone="z1", region="r1")))
+    f = AllowedFilter()
+    assert f.skip(ctx_for(make_request(), snap))
+    cases = {
+        "kind": make_request(allowed_accelerator_kinds=frozenset({"trn2"})),
+        "region": make_request(region="r9"),
+        "zone": make_request(zone="z9"),
+    }
+    for what, req in cases.items():
+        ctx = ctx_for(req, snap)
+        assert not f.skip(ctx)
+        r = f.filter(ctx, t)
+        assert r is not None and r.reason is RejectReason.NOT_ALLOWED, what
+    ok = make_request(allowed_accelerator_kinds=frozenset({"h100", "b200"}), region="r1", zone="z1")
+    assert f.filter(ctx_for(ok, snap), t) is None
+
+
+def test_context_limits() -> None:
+    t, snap = one(make_state(make_spec("e1", max_context_tokens=4096)))
+    f = ContextFilter()
+    assert f.filter(ctx_for(make_request(input_tokens=3000, max_output_tokens=1096), snap), t) is None
+    r = f.filter(ctx_for(make_request(input_tokens=3000, max_output_tokens=1097), snap), t)
+    assert r is not None and r.reason is RejectReason.CONTEXT and "4096" in r.detail
+    small_kv = dataclasses.replace(FAST, kv_capacity=2000)
+    t2 = Target(t.state, small_kv, snap.zones["z1"])
+    r2 = f.filter(ctx_for(make_request(input_tokens=1500, max_output_tokens=501), snap), t2)
+    assert r2 is not None and r2.reason is RejectReason.CONTEXT and "KV" in r2.detail
+
+
+def test_capacity_uses_the_larger_of_reported_and_reserved_kv() -> None:
+    # FAST holds 200,000 KV tokens; the request books input + expected output = 1200.
+    f = CapacityFilter()
+    req = make_request()
+    t, snap = one(make_state(make_spec("e1"), kv_usage_ratio=(200_000 - 1200) / 200_000))
+    assert f.filter(ctx_for(req, snap), t) is None
+    t, snap = one(make_state(make_spec("e1"), kv_usage_ratio=(200_000 - 1199) / 200_000))
+    r = f.filter(ctx_for(req, snap), t)
+    assert r is not None and r.reason is RejectReason.CAPACITY
+    # Reported usage is low, but the ledger already holds 199,000 tokens on it.
+    from test_policies_ledger import lease
+
+    ledger = ReservationLedger()
+    ledger.reserve(lease("a", endpoint_id="e1", kv_tokens=199_000))
+    t, snap = one(make_state(make_spec("e1"), kv_usage_ratio=0.1))
+    r = f.filter(ctx_for(req, snap, ledger), t)
+    assert r is not None and r.reason is RejectReason.CAPACITY and "1000 free" in r.detail
+
+
+def test_latency_ttft_then_tpot() -> None:
+    t, snap = one(make_state(make_spec("e1"), running=10))
+    f = LatencyFilter()
+    # Idle-queue TTFT is 10 + 1000/20 = 60 ms; TPOT at batch 11, context 1100: 10 + 11 * 0.61 = 16.71 ms.
+    assert f.filter(ctx_for(make_request(ttft_ms=60.0, tpot_ms=16.71), snap), t) is None
+    r = f.filter(ctx_for(make_request(ttft_ms=59.9), snap), t)
+    assert r is not None and r.reason is RejectReason.SLO_TTFT
+    r = f.filter(ctx_for(make_request(tpot_ms=16.7), snap), t)
+    assert r is not None and r.reason is RejectReason.SLO_TPOT and "batch 11" in r.detail
+
+
+def test_latency_counts_waiting_requests_as_queued_prefill() -> None:
+    t, snap = one(make_state(make_spec("e1"), waiting=2))
+    ctx = ctx_for(make_request(ttft_ms=160.0), snap)
+    # 2 waiting x 1024 assumed prompt tokens queued: 10 + (1000 + 2048) / 20 = 162.4 ms.
+    assert ctx.estimate(t).ttft_ms == pytest.approx(162.4)
+    r = LatencyFilter().filter(ctx, t)
+    assert r is not None and r.reason is RejectReason.SLO_TTFT
+
+
+def test_power_cap_is_exact_in_milliwatts() -> None:
+    state = make_state(make_spec("e1"))
+    zones = [ZoneSpec("z1", "r1", 1000.0)]
+    t, snap = one(state, zones=zones, zone_power_w={"z1": 0.0})
+    inc_mw = ctx_for(make_request(), snap).estimate(t).power_increment_mw
+    assert inc_mw > 0
+    f = PowerFilter()
+    at_cap = make_snapshot([state], zones, {"z1": 1000.0 - inc_mw / 1000.0})
+    assert f.filter(ctx_for(make_request(), at_cap), target(state, at_cap)) is None
+    over = make_snapshot([state], zones, {"z1": 1000.0 - inc_mw / 1000.0 + 0.002})
+    r = f.filter(ctx_for(make_request(), over), target(state, over))
+    assert r is not None and r.reason is RejectReason.POWER
+    no_zone = make_snapshot([state], [], {"z1": 1e12})
+    assert f.filter(ctx_for(make_request(), no_zone), target(state, no_zone)) is None  # no cap known
+
+
+def test_shed_keeps_headroom_by_priority() -> None:
+    state = make_state(make_spec("e1"), kv_usage_ratio=0.85)
+    t, snap = one(state)
+    f = ShedFilter()
+    cfg = PolicyConfig(shedding=ShedFractions(critical=1.0, standard=0.9, sheddable=0.8))
+    for p, rejected in ((Priority.SHEDDABLE, True), (Priority.STANDARD, False), (Priority.CRITICAL, False)):
+        ctx = ctx_for(make_request(priority=p), snap, config=cfg)
+        r = None if f.skip(ctx) else f.filter(ctx, t)
+        assert (r is not None) == rejected, p
+        if r is not None:
+            assert r.reason is RejectReason.SHED and "sheddable work may use 80%" in r.detail
+    assert f.skip(ctx_for(make_request(priority=Priority.CRITICAL), snap, config=cfg))
