@@ -4,8 +4,13 @@
 read the bound ports) and by ``turnout serve``. Start-up order: catalog, model registry, performance
 model, endpoints (``router.config.build_fleet``), the fleet store, the job store, the servicers, the gRPC
 server (with health and reflection), the HTTP server with its background tasks (the scraper, only if an
-endpoint has a metrics URL, and the staleness ticker). ``/readyz`` turns 200 and every health status
-SERVING only when all of that is up.
+endpoint has a metrics URL, the staleness ticker, the sweep of expired leases and the planner loop).
+``/readyz`` turns 200 and every health status SERVING only when all of that is up.
+
+The placement engine: the policy named by ``planner.placement.policy`` (``policies.registry``), one
+reservation ledger owned by the event loop (:class:`router.services.router_service.PlacementEngine`),
+and the planner loop (:class:`router.planning.PlannerLoop`, unless ``planner.enabled`` is false) that
+re-solves the global plan in a worker thread and publishes it with :meth:`TurnoutApp.publish_plan`.
 
 Shutdown (:meth:`TurnoutApp.stop`): ``/readyz`` answers 503 and every health status turns NOT_SERVING at
 once; the gRPC server refuses new calls and gives in-flight ones ``grace_s`` to finish; then the HTTP
@@ -15,7 +20,9 @@ server and its background tasks stop, and the job store closes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -30,15 +37,18 @@ from grpc_reflection.v1alpha import reflection
 from fleet.store import FleetStore
 from fleet.types import EndpointLoad, EndpointSpec, EndpointState, Priority, ServingProfile
 from jobs.store import JobStore, open_job_store
+from policies.planner import STATUS_FAILED, STATUS_TIMEOUT
+from policies.registry import build_policy
 from policies.types import EMPTY_PLAN, Plan
 from router.config import FleetModel, SloConfig, TurnoutConfig, build_fleet, parse_host_port
 from router.http import BackgroundTask, FleetView, Readiness, make_http_app
 from router.metrics import TurnoutMetrics
+from router.planning import PlannerLoop, serving_profiles
 from router.scrape import Scraper
 from router.services.common import InvalidArgumentCounter
 from router.services.fleet_service import FleetService
 from router.services.jobs_service import JobsService
-from router.services.router_service import RouterService
+from router.services.router_service import PlacementEngine, RouterService
 from router.validation import PlaceContext
 from turnout.v1 import fleet_pb2, fleet_pb2_grpc, jobs_pb2, jobs_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -52,6 +62,7 @@ SERVICE_NAMES = (
 """The turnout.v1 services, each with its own health status (plus the overall status "")."""
 
 STALENESS_TICK_S = 1.0
+KEPT_STATUSES = frozenset({STATUS_TIMEOUT, STATUS_FAILED})
 SATURATION_CONTEXT_TOKENS = 2048  # mean context at which an endpoint's saturating batch is estimated
 
 
@@ -97,8 +108,14 @@ class LoadModel:
     def power_w(self, spec: EndpointSpec, load: EndpointLoad) -> float:
         return self._profiles[spec.endpoint_id].power_w(self.utilization_ratio(spec, load))
 
-    def state_utilization_ratio(self, state: EndpointState) -> float:
-        return self.utilization_ratio(state.spec, state.load)
+    def state_utilization_ratio(self, state: EndpointState, outstanding: int = 0) -> float:
+        """As :meth:`utilization_ratio`, counting at least ``outstanding`` running requests (the
+        placements the router has booked there and not seen complete: all an endpoint without
+        telemetry ever shows)."""
+        load = state.load
+        if load.utilization_ratio is None and outstanding > load.running_requests:
+            return min(1.0, outstanding / self._saturation[state.spec.endpoint_id])
+        return self.utilization_ratio(state.spec, load)
 
 
 class TurnoutApp:
@@ -106,8 +123,13 @@ class TurnoutApp:
 
     ``grpc_addr`` / ``http_addr`` override the config's (``HOST:0`` binds a free port; read
     :attr:`grpc_port` / :attr:`http_port` after :meth:`start`). ``clock`` gives unix seconds to
-    everything that needs the time (the store, telemetry skew checks, drains, the metrics' plan age).
-    ``staleness_tick_s`` is how often the store re-evaluates staleness.
+    everything that needs the time (the store, telemetry skew checks, drains, placements and leases, the
+    planner's schedule, the metrics' plan age). ``staleness_tick_s`` is how often (real seconds) the
+    store re-evaluates staleness and the planner loop compares its schedule with ``clock``; expired
+    leases are swept every ``planner.leases.expiry_sweep_s`` (or ``lease_sweep_s`` if given).
+    ``freeze_gc``: after start-up, move everything built so far (fleet, catalog, profiles, indexes)
+    out of the garbage collector's sight (``gc.freeze``), so collections on the request path only walk
+    young objects; meant for the process entry point, not for tests running many apps in one process.
     """
 
     def __init__(
@@ -119,6 +141,8 @@ class TurnoutApp:
         clock: Callable[[], float] = time.time,
         staleness_tick_s: float = STALENESS_TICK_S,
         fleet: FleetModel | None = None,
+        lease_sweep_s: float | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         self.config = config
         self._grpc_addr = grpc_addr or config.server.grpc_addr
@@ -127,6 +151,12 @@ class TurnoutApp:
         parse_host_port(self._http_addr)
         self._clock = clock
         self._staleness_tick_s = staleness_tick_s
+        self._lease_sweep_s = (
+            lease_sweep_s if lease_sweep_s is not None else config.planning.leases.expiry_sweep_s
+        )
+        if not (math.isfinite(self._lease_sweep_s) and self._lease_sweep_s > 0):
+            raise ValueError(f"lease_sweep_s: must be a finite number > 0, got {self._lease_sweep_s!r}")
+        self._freeze_gc = freeze_gc
         self._fleet = fleet
         self._plan: Plan = EMPTY_PLAN
         self.readiness = Readiness()
@@ -136,6 +166,8 @@ class TurnoutApp:
         self._job_store: JobStore | None = None
         self._store: FleetStore | None = None
         self._metrics: TurnoutMetrics | None = None
+        self._engine: PlacementEngine | None = None
+        self._planner: PlannerLoop | None = None
         self._grpc_port = 0
         self._http_port = 0
         self._stopped = asyncio.Event()
@@ -159,6 +191,17 @@ class TurnoutApp:
         return self._fleet
 
     @property
+    def engine(self) -> PlacementEngine:
+        """The placement engine (policy, reservation ledger, leases). Event-loop thread only."""
+        assert self._engine is not None, "start() first"
+        return self._engine
+
+    @property
+    def planner(self) -> PlannerLoop | None:
+        """The planner loop, or ``None`` when ``planner.enabled`` is false."""
+        return self._planner
+
+    @property
     def grpc_port(self) -> int:
         return self._grpc_port
 
@@ -171,12 +214,19 @@ class TurnoutApp:
         return self._plan
 
     def publish_plan(self, plan: Plan) -> None:
-        """Makes ``plan`` the current one for GetPlan, /debug/plan and the plan metrics. Publishing is
-        one reference assignment of an immutable value, so readers on any thread see the old or the new
-        plan whole. Generations must increase."""
-        if plan.generation <= self._plan.generation:
+        """Makes ``plan`` the current one for Place, GetPlan, /debug/plan and the plan metrics.
+        Publishing is one reference assignment of an immutable value, so readers on any thread see the
+        old or the new plan whole.
+
+        Generations must increase, with one exception: a solve that kept the previous plan (status
+        ``timeout_kept_previous`` / ``failed_kept_previous``) republishes the current generation with
+        that status, so routing keeps the plan while its status says what happened. ``ValueError``
+        otherwise."""
+        current = self._plan
+        kept = plan.status in KEPT_STATUSES and plan.generation == current.generation
+        if plan.generation <= current.generation and not kept:
             raise ValueError(
-                f"plan generation {plan.generation} does not follow the current {self._plan.generation}"
+                f"plan generation {plan.generation} does not follow the current {current.generation}"
             )
         self._plan = plan
 
@@ -207,8 +257,40 @@ class TurnoutApp:
         )
         self._store = store
         metrics = TurnoutMetrics(version=turnout_version())
-        metrics.attach_fleet(store.snapshot, self.plan, self._clock, load_model.state_utilization_ratio)
         self._metrics = metrics
+        planning = cfg.planning
+        profiles = serving_profiles(fleet.performance)
+        if planning.enabled:
+            self._planner = PlannerLoop(
+                planning,
+                snapshot=store.snapshot,
+                plan=self.plan,
+                publish=self.publish_plan,
+                profiles=profiles,
+                slo_for=cfg.slo.slo_for,
+                clock=self._clock,
+                metrics=metrics,
+                tick_s=self._staleness_tick_s,
+            )
+        engine = PlacementEngine(
+            build_policy(planning.placement, profiles),
+            snapshot=store.snapshot,
+            plan=self.plan,
+            clock=self._clock,
+            metrics=metrics,
+            planner=self._planner,
+            remember_ended=planning.leases.remember_ended,
+        )
+        self._engine = engine
+        metrics.attach_leases(lambda: len(engine.ledger))
+        metrics.attach_fleet(
+            store.snapshot,
+            self.plan,
+            self._clock,
+            lambda state: load_model.state_utilization_ratio(
+                state, engine.ledger.booking(state.endpoint_id).outstanding
+            ),
+        )
         self._job_store = await open_job_store(cfg.jobs.store, cfg.jobs.dsn)
 
         place_context = PlaceContext(
@@ -223,7 +305,7 @@ class TurnoutApp:
             options=[("grpc.so_reuseport", 0)],
         )
         router_pb2_grpc.add_RouterServicer_to_server(
-            RouterService(context=place_context, metrics=metrics), server
+            RouterService(context=place_context, engine=engine, metrics=metrics), server
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetService(store, plan=self.plan, metrics=metrics, clock=self._clock), server
@@ -258,8 +340,11 @@ class TurnoutApp:
         await server.start()
 
         background = [
-            BackgroundTask("staleness", lambda: _tick_staleness(store, self._clock, self._staleness_tick_s))
+            BackgroundTask("staleness", lambda: _tick_staleness(store, self._clock, self._staleness_tick_s)),
+            BackgroundTask("leases", lambda: _sweep_leases(engine, self._clock, self._lease_sweep_s)),
         ]
+        if self._planner is not None:
+            background.append(BackgroundTask("planner", self._planner.run, self._planner.close))
         targets = {e.endpoint_id: e.metrics_url for e in fleet.endpoints if e.metrics_url}
         if targets:
             scraper = Scraper(
@@ -291,6 +376,9 @@ class TurnoutApp:
         await site.start()
         self._http_port = _bound_port(runner)
 
+        if self._freeze_gc:
+            gc.collect()
+            gc.freeze()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in SERVICE_NAMES:
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -305,6 +393,8 @@ class TurnoutApp:
                     "zones": len(cfg.zones),
                     "scrape_targets": len(targets),
                     "job_store": cfg.jobs.store,
+                    "policy": planning.placement.policy,
+                    "planner": planning.enabled,
                 }
             },
         )
@@ -358,6 +448,13 @@ async def _tick_staleness(store: FleetStore, clock: Callable[[], float], tick_s:
     while True:
         await asyncio.sleep(tick_s)
         store.refresh(clock())
+
+
+async def _sweep_leases(engine: PlacementEngine, clock: Callable[[], float], sweep_s: float) -> None:
+    """Releases expired leases every ``sweep_s`` even when no request comes (nothing stays booked)."""
+    while True:
+        await asyncio.sleep(sweep_s)
+        engine.expire(clock())
 
 
 def _bound_port(runner: web.AppRunner) -> int:

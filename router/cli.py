@@ -162,7 +162,7 @@ async def _serve_async(config: TurnoutConfig, fleet: FleetModel, args: argparse.
     from jobs.store import StoreUnavailable
     from router.app import TurnoutApp
 
-    app = TurnoutApp(config, grpc_addr=args.grpc_addr, http_addr=args.http_addr, fleet=fleet)
+    app = TurnoutApp(config, grpc_addr=args.grpc_addr, http_addr=args.http_addr, fleet=fleet, freeze_gc=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

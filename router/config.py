@@ -15,7 +15,25 @@ Schema (every section optional except ``zones`` and ``pools``; defaults shown)::
              replicas_per_instance: null, max_context_tokens: null, reserved: false,
              metrics_url_template: null, telemetry: required, price_usd_per_hour: null}]
     jobs:    {store: memory, dsn: null}   # or {store: postgres, dsn: "postgresql://..."}
-    planner: {}                           # placement-engine settings, checked by the planner itself
+    planner:                              # the placement engine (every key optional)
+      enabled: true                       # run the global planner loop (false: fast path only)
+      interval_s: 30                      # periodic re-plan; must stay below placement.max_plan_age_s
+      time_limit_s: 2                     # wall-time bound of one solve; below interval_s
+      min_replan_interval_s: 5            # early re-plans (spills, fleet changes) at most this often
+      fleet_change_ratio: 0.1             # re-plan early when this share of endpoints changed eligibility
+      headroom_ratio: 0.8                 # share of SLO-feasible capacity the plan may fill
+      unserved_usd_per_request: {critical: 1000, standard: 10, sheddable: 0.1}
+      churn_penalty_usd_per_hour: 0.05
+      energy_usd_per_kwh: 0               # 0: energy not priced; > 0 needs energy_price_source
+      energy_price_source: null
+      mip_gap_ratio: ...                  # solver tolerances; defaults: policies.planner.PlannerConfig
+      accept_gap_ratio: ...
+      demand:
+        half_life_s: 60                   # memory of the observed request rate
+        static_merge: max                 # or sum (see policies.demand)
+        static: [{model, priority, input_tokens, output_tokens, rate_per_s}]
+      leases: {expiry_sweep_s: 1, remember_ended: 100000}
+      placement: {}                       # the per-request policy: policies.config.PolicyConfig.from_mapping
 
 Contract: :func:`load_config` and :func:`build_fleet` either return a complete, consistent value or raise
 :class:`ConfigError` naming the file, the path inside it (``pools[2].tp_degree``) and the rule the value
@@ -44,6 +62,12 @@ from fleet.measured import MeasuredProfile, load_measured_profiles
 from fleet.models import ModelRegistry, load_models
 from fleet.perf import PerformanceModel, default_performance_model
 from fleet.types import EndpointSpec, LatencySlo, PoolSpec, Precision, Priority, ZoneSpec
+from policies.config import PolicyConfig
+from policies.demand import StaticDemand, classify
+from policies.planner import PlannerConfig
+from policies.registry import UnknownPluginError, build_policy
+
+MAX_FALLBACKS = 3  # fallbacks a turnout.v1.Placement carries at most
 
 DEFAULT_FLEET_RESOURCE = "default_fleet.yaml"
 """The embedded default fleet, shipped as ``fleet/data/default_fleet.yaml`` in the package."""
@@ -110,6 +134,45 @@ class JobsConfig:
     dsn: str | None = None  # required for "postgres"
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    """How leases that never see a ``Complete`` are swept, and how long ended ones are remembered.
+
+    ``expiry_sweep_s``: seconds between sweeps of expired leases (they are also swept before every
+    decision). ``remember_ended``: how many ended (completed or expired) lease ids are kept so that a
+    repeated ``Complete`` answers ``already_completed`` rather than NOT_FOUND (the oldest are forgotten
+    first; about 150 bytes each).
+    """
+
+    expiry_sweep_s: float = 1.0
+    remember_ended: int = 100_000
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    """The ``planner:`` section: the placement policy, the global planner and its loop (``router.planning``).
+
+    ``placement`` configures the per-request policy; ``solver`` the planner's optimisation
+    (:class:`policies.planner.PlannerConfig`). The loop re-plans every ``interval_s`` and early, at most
+    every ``min_replan_interval_s``, when a decision asks for it or when more than ``fleet_change_ratio``
+    of the endpoints changed eligibility since the last solve. ``static_demand`` is merged with the rate
+    observed from ``Place`` traffic (half-life ``demand_half_life_s``) by ``static_merge``.
+    """
+
+    enabled: bool = True
+    interval_s: float = 30.0
+    time_limit_s: float = 2.0
+    min_replan_interval_s: float = 5.0
+    fleet_change_ratio: float = 0.1
+    demand_half_life_s: float = 60.0
+    static_merge: str = "max"
+    static_demand: tuple[StaticDemand, ...] = ()
+    energy_price_source: str | None = None
+    leases: LeaseSettings = LeaseSettings()
+    solver: PlannerConfig = field(default_factory=PlannerConfig)
+    placement: PolicyConfig = field(default_factory=PolicyConfig)
+
+
 @dataclass(frozen=True)
 class TurnoutConfig:
     """A whole configuration file, checked for shape and ranges (see :func:`build_fleet` for the rest)."""
@@ -127,7 +190,8 @@ class TurnoutConfig:
     profiles: tuple[Path, ...] = ()  # resolved against the config file's folder
     slo: SloConfig = field(default_factory=SloConfig)
     jobs: JobsConfig = JobsConfig()
-    planner: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    planner: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # the section as written
+    planning: PlannerSettings = field(default_factory=PlannerSettings)  # the same section, checked
 
     def pool_path(self, pool_name: str) -> str:
         """The path of a pool inside the file, e.g. ``pools[2]``."""
@@ -339,10 +403,12 @@ class _Parser:
         )
         zones = self.zones(top["zones"])
         zone_names = {z.name for z in zones}
+        pools = self.pools(top["pools"], zone_names)
+        planner = self.free_mapping(top.get("planner", {}), "planner")
         return TurnoutConfig(
             source=self.source,
             zones=zones,
-            pools=self.pools(top["pools"], zone_names),
+            pools=pools,
             server=self.server(top.get("server", {})),
             telemetry=self.telemetry(top.get("telemetry", {})),
             catalog_overrides=self.catalog(top.get("catalog", {})),
@@ -350,7 +416,8 @@ class _Parser:
             profiles=self.profiles(top.get("profiles", [])),
             slo=self.slo(top.get("slo", {})),
             jobs=self.jobs(top.get("jobs", {})),
-            planner=self.planner(top.get("planner", {})),
+            planner=MappingProxyType(dict(planner)),
+            planning=self.planning(planner, frozenset(p.model for p in pools)),
         )
 
     def server(self, value: object) -> ServerConfig:
@@ -579,8 +646,191 @@ class _Parser:
             raise self.fail("jobs.dsn", "must be null when jobs.store is memory")
         return JobsConfig(store=store, dsn=dsn)
 
-    def planner(self, value: object) -> Mapping[str, Any]:
-        return MappingProxyType(dict(self.free_mapping(value, "planner")))
+    # ---- the planner section
+
+    def planning(self, m: Mapping[str, Any], served_models: frozenset[str]) -> PlannerSettings:
+        """The ``planner:`` section (:class:`PlannerSettings`); ``served_models``: the pools' models."""
+        solver_keys = (
+            "headroom_ratio",
+            "unserved_usd_per_request",
+            "churn_penalty_usd_per_hour",
+            "energy_usd_per_kwh",
+            "mip_gap_ratio",
+            "accept_gap_ratio",
+        )
+        loop_keys = (
+            "enabled",
+            "interval_s",
+            "time_limit_s",
+            "min_replan_interval_s",
+            "fleet_change_ratio",
+            "energy_price_source",
+            "demand",
+            "leases",
+            "placement",
+        )
+        self.mapping(m, "planner", loop_keys + solver_keys)
+        placement = self.placement(m.get("placement", {}))
+        d = PlannerSettings()
+        enabled = self.boolean(m.get("enabled", d.enabled), "planner.enabled")
+        interval_s = self.number(m.get("interval_s", d.interval_s), "planner.interval_s", exclusive_minimum=0)
+        if interval_s >= placement.max_plan_age_s:
+            raise self.fail(
+                "planner.interval_s",
+                f"must be below planner.placement.max_plan_age_s ({_fmt(placement.max_plan_age_s)}), "
+                "or the plan turns stale between two solves",
+            )
+        time_limit_s = self.number(
+            m.get("time_limit_s", d.time_limit_s), "planner.time_limit_s", exclusive_minimum=0
+        )
+        if time_limit_s >= interval_s:
+            raise self.fail("planner.time_limit_s", f"must be below planner.interval_s ({_fmt(interval_s)})")
+        min_replan_s = self.number(
+            m.get("min_replan_interval_s", d.min_replan_interval_s),
+            "planner.min_replan_interval_s",
+            minimum=0,
+        )
+        change = self.number(
+            m.get("fleet_change_ratio", d.fleet_change_ratio),
+            "planner.fleet_change_ratio",
+            exclusive_minimum=0,
+        )
+        if change > 1:
+            raise self.fail("planner.fleet_change_ratio", "must be a number <= 1")
+        solver = self.solver(m)
+        source = self.optional(
+            m.get("energy_price_source"), lambda v: self.text(v, "planner.energy_price_source")
+        )
+        if solver.energy_usd_per_kwh > 0 and source is None:
+            raise self.fail(
+                "planner.energy_price_source",
+                "is required when planner.energy_usd_per_kwh > 0 (where the price comes from)",
+            )
+        demand = self.mapping(
+            m.get("demand", {}), "planner.demand", ("half_life_s", "static_merge", "static")
+        )
+        half_life_s = self.number(
+            demand.get("half_life_s", d.demand_half_life_s), "planner.demand.half_life_s", exclusive_minimum=0
+        )
+        merge = self.choice(
+            demand.get("static_merge", d.static_merge), "planner.demand.static_merge", ("max", "sum")
+        )
+        static = self.static_demand(demand.get("static", []), placement, served_models)
+        leases = self.mapping(m.get("leases", {}), "planner.leases", ("expiry_sweep_s", "remember_ended"))
+        dl = LeaseSettings()
+        return PlannerSettings(
+            enabled=enabled,
+            interval_s=interval_s,
+            time_limit_s=time_limit_s,
+            min_replan_interval_s=min_replan_s,
+            fleet_change_ratio=change,
+            demand_half_life_s=half_life_s,
+            static_merge=merge,
+            static_demand=static,
+            energy_price_source=source,
+            leases=LeaseSettings(
+                expiry_sweep_s=self.number(
+                    leases.get("expiry_sweep_s", dl.expiry_sweep_s),
+                    "planner.leases.expiry_sweep_s",
+                    exclusive_minimum=0,
+                ),
+                remember_ended=self.integer(
+                    leases.get("remember_ended", dl.remember_ended),
+                    "planner.leases.remember_ended",
+                    minimum=0,
+                ),
+            ),
+            solver=solver,
+            placement=placement,
+        )
+
+    def placement(self, value: object) -> PolicyConfig:
+        """``planner.placement``: :meth:`PolicyConfig.from_mapping`, then the plugin names it uses."""
+        path = "planner.placement"
+        try:
+            config = PolicyConfig.from_mapping(value, path)
+        except ValueError as exc:
+            where, rule = _split_dotted(str(exc), path)
+            raise self.fail(where, rule) from None
+        if config.max_fallbacks > MAX_FALLBACKS:
+            raise self.fail(
+                f"{path}.max_fallbacks",
+                f"must be at most {MAX_FALLBACKS} (a Placement carries up to three fallbacks)",
+            )
+        try:
+            build_policy(config, _no_profiles)  # instantiates every named plugin, reads no profile
+        except UnknownPluginError as exc:
+            text = str(exc)
+            profile, sep, rule = text.partition(": ")
+            if sep and profile.startswith("profile "):
+                raise self.fail(f"{path}.{profile.removeprefix('profile ')}", rule) from None
+            raise self.fail(f"{path}.policy", text) from None
+        return config
+
+    def solver(self, m: Mapping[str, Any]) -> PlannerConfig:
+        d = PlannerConfig()
+        numbers: dict[str, float] = {}
+        for key in ("churn_penalty_usd_per_hour", "energy_usd_per_kwh", "mip_gap_ratio", "accept_gap_ratio"):
+            numbers[key] = self.number(m.get(key, getattr(d, key)), f"planner.{key}", minimum=0)
+        headroom = self.number(
+            m.get("headroom_ratio", d.headroom_ratio), "planner.headroom_ratio", exclusive_minimum=0
+        )
+        if headroom > 1:
+            raise self.fail("planner.headroom_ratio", "must be a number <= 1")
+        priorities = [p.value for p in Priority]
+        penalties = self.mapping(
+            m.get("unserved_usd_per_request", {}), "planner.unserved_usd_per_request", priorities
+        )
+        for p in Priority:
+            field_name = f"{p.value}_unserved_usd_per_request"
+            numbers[field_name] = self.number(
+                penalties.get(p.value, getattr(d, field_name)),
+                f"planner.unserved_usd_per_request.{p.value}",
+                minimum=0,
+            )
+        try:
+            return PlannerConfig(headroom_ratio=headroom, **numbers)
+        except ValueError:
+            raise self.fail(
+                "planner.unserved_usd_per_request",
+                "must satisfy critical >= standard >= sheddable (lower priorities are left unserved first)",
+            ) from None
+
+    def static_demand(
+        self, value: object, placement: PolicyConfig, served_models: frozenset[str]
+    ) -> tuple[StaticDemand, ...]:
+        out: list[StaticDemand] = []
+        seen: dict[str, int] = {}
+        keys = ("model", "priority", "input_tokens", "output_tokens", "rate_per_s")
+        for i, item in enumerate(self.sequence(value, "planner.demand.static")):
+            path = f"planner.demand.static[{i}]"
+            e = self.mapping(item, path, keys, required=keys)
+            model = self.text(e["model"], f"{path}.model")
+            if model not in served_models:
+                raise self.fail(
+                    f"{path}.model", f"no pool serves {model!r}; served: {', '.join(sorted(served_models))}"
+                )
+            priority = Priority(self.choice(e["priority"], f"{path}.priority", [p.value for p in Priority]))
+            input_tokens = self.integer(e["input_tokens"], f"{path}.input_tokens", minimum=1)
+            output_tokens = self.integer(e["output_tokens"], f"{path}.output_tokens", minimum=1)
+            rate = self.number(e["rate_per_s"], f"{path}.rate_per_s", exclusive_minimum=0)
+            cls = classify(model, input_tokens, output_tokens, priority, placement.buckets)
+            if cls.name in seen:
+                raise self.fail(
+                    path,
+                    f"falls in the same traffic class {cls.name} as planner.demand.static[{seen[cls.name]}]; "
+                    "give one entry per class",
+                )
+            seen[cls.name] = i
+            out.append(
+                StaticDemand(
+                    traffic_class=cls,
+                    rate_per_s=rate,
+                    mean_input_tokens=float(input_tokens),
+                    mean_output_tokens=float(output_tokens),
+                )
+            )
+        return tuple(out)
 
 
 def _kind(value: object) -> str:
@@ -601,6 +851,23 @@ def _kind(value: object) -> str:
 
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _split_dotted(text: str, prefix: str) -> tuple[str, str]:
+    """A ``"a.b.c: rule"`` message as (path, rule); a segment with spaces belongs to the rule
+    (``"a.b.x <= y: rule"`` -> ``("a.b", "x <= y: rule")``)."""
+    path, sep, rule = text.partition(": ")
+    if not sep or not path.startswith(prefix):
+        return prefix, text
+    if " " in path:
+        head = path[: path.index(" ")]
+        cut = head.rfind(".")
+        return path[:cut], f"{path[cut + 1 :]}: {rule}"
+    return path, rule
+
+
+def _no_profiles(spec: EndpointSpec) -> Any:
+    raise AssertionError("building a policy to check its plugin names reads no serving profile")
 
 
 # --------------------------------------------------------------------------------------------- fleet

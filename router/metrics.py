@@ -1,8 +1,9 @@
 """Prometheus metrics of the service, on a registry of its own (no module-level state).
 
-Request-path counters and histograms are updated by the servicers. Fleet and plan gauges are not kept
-up to date by anyone: :class:`FleetCollector` reads the latest published snapshot and plan when
-Prometheus scrapes, so they can never drift from what the router decides on.
+Request-path counters and histograms are updated by the servicers (the Place path through
+:class:`LabelCache`, which keeps the labelled children so a hot call does no label lookup). Fleet and
+plan gauges are not kept up to date by anyone: :class:`FleetCollector` reads the latest published
+snapshot and plan when Prometheus scrapes, so they can never drift from what the router decides on.
 
 Names and labels (units in the names)::
 
@@ -13,6 +14,11 @@ Names and labels (units in the names)::
     turnout_tokens_total{tenant,model,accelerator,kind}       tokens on Complete, kind=input|output
     turnout_slo_violations_total{model,kind}                  Complete reports over SLO, kind=ttft|tpot
     turnout_plan_solve_seconds                                planner wall time (histogram)
+    turnout_plan_solves_total{trigger,outcome}                planner runs: why, and the plan status
+    turnout_replan_requests_total{reason}                     decisions asking for an early re-plan
+    turnout_completions_total{model,outcome}                  Complete calls, outcome=success|failure|
+                                                              already_completed
+    turnout_leases_expired_total                              leases released without a Complete
     turnout_telemetry_accepted_total                          telemetry samples applied
     turnout_telemetry_rejected_total{field}                   samples refused, by the field at fault
     turnout_scrapes_total{outcome}                            endpoint metric scrapes
@@ -23,6 +29,7 @@ Names and labels (units in the names)::
     turnout_accelerator_utilization_ratio{kind,zone}          chip-weighted mean busy share
     turnout_endpoints{status}                                 endpoints per status
     turnout_snapshot_version
+    turnout_leases                                            live leases (placed, not yet completed)
     turnout_plan_generation, turnout_plan_age_seconds, turnout_plan_cost_usd_per_hour,
     turnout_plan_status{status}, turnout_pool_desired_replicas{pool}
 """
@@ -30,9 +37,10 @@ Names and labels (units in the names)::
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -41,6 +49,7 @@ from policies.types import Plan
 
 PLAN_STATUSES = ("none", "optimal", "feasible", "timeout_kept_previous", "failed_kept_previous")
 OTHER_LABEL = "_other"  # label value standing for names outside the fleet (bounded cardinality)
+MAX_TENANT_LABELS = 1000  # distinct tenant label values; later tenants are counted under OTHER_LABEL
 
 DECISION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 COST_BUCKETS_USD_PER_MTOK = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
@@ -93,6 +102,30 @@ class TurnoutMetrics:
         self.plan_solve_seconds = Histogram(
             "turnout_plan_solve_seconds", "Planner solve wall time.", buckets=SOLVE_BUCKETS_S, registry=r
         )
+        self.plan_solves = Counter(
+            "turnout_plan_solves",
+            "Planner runs by trigger (interval, replan, fleet_change, first_demand) and outcome (the "
+            "plan status, no_demand when there was nothing to plan for, superseded, error).",
+            ["trigger", "outcome"],
+            registry=r,
+        )
+        self.replan_requests = Counter(
+            "turnout_replan_requests",
+            "Place decisions that asked for an early re-plan (reason: plan_spill or refused).",
+            ["reason"],
+            registry=r,
+        )
+        self.completions = Counter(
+            "turnout_completions",
+            "Complete calls by outcome (success, failure, already_completed).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.leases_expired = Counter(
+            "turnout_leases_expired", "Leases released because no Complete came in time.", registry=r
+        )
+        self.live_leases = Gauge("turnout_leases", "Live leases (placed, not yet completed).", registry=r)
+        self.tenants = BoundedLabels(MAX_TENANT_LABELS)
         self.telemetry_accepted = Counter(
             "turnout_telemetry_accepted", "Telemetry samples applied to the fleet store.", registry=r
         )
@@ -128,9 +161,55 @@ class TurnoutMetrics:
         self._fleet_collector = FleetCollector(snapshot, plan, clock, utilization_ratio)
         self.registry.register(self._fleet_collector)
 
+    def attach_leases(self, count: Callable[[], int]) -> None:
+        """Exports ``count()`` (live leases) as ``turnout_leases`` at each scrape."""
+        self.live_leases.set_function(lambda: float(count()))
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (version 0.0.4)."""
         return generate_latest(self.registry)
+
+
+K = TypeVar("K", bound=Hashable)
+M = TypeVar("M", Counter, Histogram)
+
+
+class LabelCache(Generic[K, M]):
+    """Labelled children of one metric, looked up once per key: ``cache[key]`` returns
+    ``metric.labels(*labels_of(key))``, remembered. Keys must come from a bounded set."""
+
+    __slots__ = ("_children", "_labels_of", "_metric")
+
+    def __init__(self, metric: M, labels_of: Callable[[K], tuple[str, ...]]) -> None:
+        self._metric: M = metric
+        self._labels_of = labels_of
+        self._children: dict[K, M] = {}
+
+    def __getitem__(self, key: K) -> M:
+        child = self._children.get(key)
+        if child is None:
+            child = self._metric.labels(*self._labels_of(key))
+            self._children[key] = child
+        return child
+
+
+class BoundedLabels:
+    """Client-chosen names (tenants) as label values: the first ``limit`` distinct names keep their own
+    value, later ones share :data:`OTHER_LABEL`, so a client cannot grow the metric without bound."""
+
+    __slots__ = ("_known", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        if name in self._known:
+            return name
+        if len(self._known) < self._limit:
+            self._known.add(name)
+            return name
+        return OTHER_LABEL
 
 
 class FleetCollector(Collector):

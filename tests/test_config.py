@@ -13,6 +13,7 @@ import pytest
 from helpers import dump, small_fleet, write_config
 
 from fleet.types import LatencySlo, Precision, Priority
+from policies.planner import PlannerConfig
 from router.config import (
     ConfigError,
     FleetModel,
@@ -357,3 +358,222 @@ def test_embedded_default_fleet_builds() -> None:
         idle = sum(p.idle_power_w for p in profiles)
         peak = sum(p.max_power_w for p in profiles)
         assert idle < zone.power_cap_w < peak, (zone.name, idle, zone.power_cap_w, peak)
+
+
+# --------------------------------------------------------------------------------------------- planner
+
+_STATIC = {"model": "llama-3.1-8b", "priority": "standard", "input_tokens": 1000, "output_tokens": 200}
+
+# (case id, the planner section, expected path, a part of the expected rule)
+PLANNER_ERRORS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("unknown key", {"interval": 5}, "planner.interval", "unknown key; allowed:"),
+    ("interval zero", {"interval_s": 0}, "planner.interval_s", "> 0"),
+    ("interval a string", {"interval_s": "30"}, "planner.interval_s", "got a string"),
+    ("interval beyond plan age", {"interval_s": 90}, "planner.interval_s", "max_plan_age_s (60)"),
+    ("time limit over interval", {"interval_s": 10, "time_limit_s": 10}, "planner.time_limit_s", "below"),
+    ("enabled not a bool", {"enabled": "yes"}, "planner.enabled", "true or false"),
+    ("negative replan interval", {"min_replan_interval_s": -1}, "planner.min_replan_interval_s", ">= 0"),
+    ("change ratio above one", {"fleet_change_ratio": 1.5}, "planner.fleet_change_ratio", "<= 1"),
+    ("headroom zero", {"headroom_ratio": 0}, "planner.headroom_ratio", "> 0"),
+    ("headroom nan", {"headroom_ratio": math.nan}, "planner.headroom_ratio", "finite"),
+    (
+        "penalty negative",
+        {"unserved_usd_per_request": {"standard": -1}},
+        "planner.unserved_usd_per_request.standard",
+        ">= 0",
+    ),
+    (
+        "penalty order",
+        {"unserved_usd_per_request": {"sheddable": 50}},
+        "planner.unserved_usd_per_request",
+        "critical >= standard >= sheddable",
+    ),
+    (
+        "penalty unknown priority",
+        {"unserved_usd_per_request": {"urgent": 1}},
+        "planner.unserved_usd_per_request.urgent",
+        "unknown key",
+    ),
+    (
+        "energy price without source",
+        {"energy_usd_per_kwh": 0.08},
+        "planner.energy_price_source",
+        "is required",
+    ),
+    ("energy price infinite", {"energy_usd_per_kwh": math.inf}, "planner.energy_usd_per_kwh", "finite"),
+    (
+        "churn a bool",
+        {"churn_penalty_usd_per_hour": True},
+        "planner.churn_penalty_usd_per_hour",
+        "got a boolean",
+    ),
+    ("half-life zero", {"demand": {"half_life_s": 0}}, "planner.demand.half_life_s", "> 0"),
+    (
+        "merge unknown",
+        {"demand": {"static_merge": "min"}},
+        "planner.demand.static_merge",
+        "must be one of max, sum",
+    ),
+    ("demand unknown key", {"demand": {"rate": 1}}, "planner.demand.rate", "unknown key"),
+    ("static not a list", {"demand": {"static": {}}}, "planner.demand.static", "must be a list"),
+    (
+        "static without rate",
+        {"demand": {"static": [_STATIC]}},
+        "planner.demand.static[0].rate_per_s",
+        "is required",
+    ),
+    (
+        "static for an unserved model",
+        {"demand": {"static": [{**_STATIC, "model": "llama-3.1-405b", "rate_per_s": 1}]}},
+        "planner.demand.static[0].model",
+        "no pool serves 'llama-3.1-405b'",
+    ),
+    (
+        "static zero rate",
+        {"demand": {"static": [{**_STATIC, "rate_per_s": 0}]}},
+        "planner.demand.static[0].rate_per_s",
+        "> 0",
+    ),
+    (
+        "static bad priority",
+        {"demand": {"static": [{**_STATIC, "priority": "urgent", "rate_per_s": 1}]}},
+        "planner.demand.static[0].priority",
+        "must be one of critical, standard, sheddable",
+    ),
+    (
+        "static class twice",
+        {
+            "demand": {
+                "static": [{**_STATIC, "rate_per_s": 1}, {**_STATIC, "input_tokens": 900, "rate_per_s": 2}]
+            }
+        },
+        "planner.demand.static[1]",
+        "same traffic class llama-3.1-8b/in1024/out512/standard as planner.demand.static[0]",
+    ),
+    ("sweep zero", {"leases": {"expiry_sweep_s": 0}}, "planner.leases.expiry_sweep_s", "> 0"),
+    ("remember negative", {"leases": {"remember_ended": -5}}, "planner.leases.remember_ended", ">= 0"),
+    ("placement not a mapping", {"placement": [1]}, "planner.placement", "must be a mapping"),
+    ("placement unknown key", {"placement": {"polciy": "x"}}, "planner.placement.polciy", "unknown key"),
+    (
+        "placement shed fraction",
+        {"placement": {"shedding": {"standard": 1.5}}},
+        "planner.placement.shedding.standard",
+        "<= 1",
+    ),
+    (
+        "placement shed order",
+        {"placement": {"shedding": {"sheddable": 0.95}}},
+        "planner.placement.shedding",
+        "sheddable <= standard <= critical",
+    ),
+    (
+        "placement unknown policy",
+        {"placement": {"policy": "fastest"}},
+        "planner.placement.policy",
+        "unknown policy 'fastest'",
+    ),
+    (
+        "placement unknown filter",
+        {"placement": {"spill_profile": {"filters": ["latency", "vibes"], "scorers": {"cost": 1}}}},
+        "planner.placement.spill_profile",
+        "unknown filter 'vibes'",
+    ),
+    (
+        "placement too many fallbacks",
+        {"placement": {"max_fallbacks": 5}},
+        "planner.placement.max_fallbacks",
+        "at most 3",
+    ),
+    (
+        "placement buckets",
+        {"placement": {"buckets": {"input_tokens": [512, 256]}}},
+        "planner.placement.buckets.input_tokens[1]",
+        "strictly increasing",
+    ),
+    ("placement lease ttl", {"placement": {"lease_grace_s": 0}}, "planner.placement.lease_grace_s", "> 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "path", "rule_part"), [c[1:] for c in PLANNER_ERRORS], ids=[c[0] for c in PLANNER_ERRORS]
+)
+def test_planner_errors_name_file_path_and_rule(
+    section: dict[str, Any], path: str, rule_part: str, tmp_path: Path
+) -> None:
+    data = small_fleet()
+    data["planner"] = section
+    file = write_config(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    err = info.value
+    assert (err.file, err.path) == (str(file), path), str(err)
+    assert rule_part in err.rule, str(err)
+
+
+def test_planner_section_loads_into_frozen_settings(tmp_path: Path) -> None:
+    data = small_fleet()
+    data["planner"] = {
+        "enabled": False,
+        "interval_s": 20,
+        "time_limit_s": 1.5,
+        "min_replan_interval_s": 2,
+        "fleet_change_ratio": 0.25,
+        "headroom_ratio": 0.7,
+        "unserved_usd_per_request": {"critical": 500, "sheddable": 0.5},
+        "churn_penalty_usd_per_hour": 0.1,
+        "energy_usd_per_kwh": 0.08,
+        "energy_price_source": "utility tariff, 2026",
+        "mip_gap_ratio": 0.001,
+        "demand": {
+            "half_life_s": 120,
+            "static_merge": "sum",
+            "static": [{**_STATIC, "priority": "critical", "input_tokens": 3000, "rate_per_s": 2.5}],
+        },
+        "leases": {"expiry_sweep_s": 0.5, "remember_ended": 10},
+        "placement": {"policy": "cheapest_feasible", "max_plan_age_s": 45, "lease_grace_s": 10},
+    }
+    cfg = load_config(write_config(tmp_path, data))
+    p = cfg.planning
+    assert (p.enabled, p.interval_s, p.time_limit_s, p.min_replan_interval_s, p.fleet_change_ratio) == (
+        False,
+        20.0,
+        1.5,
+        2.0,
+        0.25,
+    )
+    s = p.solver
+    assert (s.headroom_ratio, s.churn_penalty_usd_per_hour, s.energy_usd_per_kwh, s.mip_gap_ratio) == (
+        0.7,
+        0.1,
+        0.08,
+        0.001,
+    )
+    assert s.accept_gap_ratio == PlannerConfig().accept_gap_ratio  # not given: the planner's default
+    # A partial penalty table keeps the defaults of the priorities it does not name.
+    assert (
+        s.critical_unserved_usd_per_request,
+        s.standard_unserved_usd_per_request,
+        s.sheddable_unserved_usd_per_request,
+    ) == (500.0, 10.0, 0.5)
+    assert p.energy_price_source == "utility tariff, 2026"
+    assert (p.demand_half_life_s, p.static_merge) == (120.0, "sum")
+    (static,) = p.static_demand
+    # Classified with the placement policy's buckets, exactly as Place traffic is.
+    assert static.traffic_class.name == "llama-3.1-8b/in4096/out512/critical"
+    assert (static.rate_per_s, static.mean_input_tokens, static.mean_output_tokens) == (2.5, 3000.0, 200.0)
+    assert (p.leases.expiry_sweep_s, p.leases.remember_ended) == (0.5, 10)
+    assert (p.placement.policy, p.placement.max_plan_age_s, p.placement.lease_grace_s) == (
+        "cheapest_feasible",
+        45.0,
+        10.0,
+    )
+    assert cfg.planner["interval_s"] == 20  # the section as written stays available
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.interval_s = 1  # type: ignore[misc]
+
+
+def test_planner_defaults_without_a_section() -> None:
+    cfg = parse_config(dump(small_fleet()), source="fleet.yaml", base_dir=Path.cwd())
+    p = cfg.planning
+    assert p.enabled and p.interval_s < p.placement.max_plan_age_s and p.time_limit_s < p.interval_s
+    assert p.static_demand == () and p.placement.policy == "turnout"

@@ -1,11 +1,19 @@
-"""Conversions for the ``turnout.v1.Router`` service."""
+"""Conversions for the ``turnout.v1.Router`` service: requests in, placements and refusals out."""
 
 from __future__ import annotations
 
-from fleet.types import Priority
-from router.errors import RpcError, to_status_proto
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2
+
+from fleet.types import EndpointSpec, Priority
+from policies.decision import Placed, Refused
+from policies.framework import Candidate
+from router.convert.timestamps import timestamp_from_seconds
+from router.errors import FailedPrecondition, ResourceExhausted, RpcError, to_status_proto
 from router.validation import MAX_ID_CHARS, CompletionInput, PlaceRequestInput, violation
 from turnout.v1 import common_pb2, router_pb2
+
+ERROR_DOMAIN = "turnout.v1"
 
 _PRIORITIES = {
     common_pb2.PRIORITY_UNSPECIFIED: Priority.STANDARD,  # the contract: unspecified is standard
@@ -65,3 +73,89 @@ def echo_request_id(request_id: str) -> str:
 def place_error_result(request_id: str, err: RpcError) -> router_pb2.PlaceResult:
     """A ``PlaceResult`` carrying the error ``Place`` would have answered, with the same details."""
     return router_pb2.PlaceResult(request_id=echo_request_id(request_id), error=to_status_proto(err))
+
+
+# --------------------------------------------------------------------------------------------- answers
+
+
+class Unplaceable(FailedPrecondition):
+    """Nothing can take the request and waiting will not change that (the request does not fit any
+    endpoint's context, its own constraints exclude every endpoint, or its prompt alone misses its TTFT
+    objective on an idle endpoint). FAILED_PRECONDITION with a ``google.rpc.ErrorInfo`` naming the binding
+    reason and no ``RetryInfo``: a client (or a gRPC retry policy) must change the request, not retry it.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def details(self) -> list[any_pb2.Any]:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason.upper(), domain=ERROR_DOMAIN))
+        return [info]
+
+
+def refusal_error(refused: Refused) -> RpcError:
+    """The error answering a refusal: RESOURCE_EXHAUSTED with ``ErrorInfo`` (the binding reason, upper
+    case: SLO, CAPACITY, POWER, CONTEXT, SHED) and ``RetryInfo`` (the expected drain time) when waiting
+    can help; :class:`Unplaceable` (FAILED_PRECONDITION, ``ErrorInfo`` only) when it cannot."""
+    if refused.retry_after_s is None:
+        return Unplaceable(refused.message, reason=refused.reason.value)
+    return ResourceExhausted(
+        refused.message, reason=refused.reason.value, retry_after_s=refused.retry_after_s
+    )
+
+
+class PlacementEncoder:
+    """Builds ``Placement`` messages. Endpoint references are built once per endpoint spec and reused
+    (a message passed to a constructor is copied, so sharing the cached one is safe)."""
+
+    __slots__ = ("_refs",)
+
+    def __init__(self) -> None:
+        self._refs: dict[str, tuple[EndpointSpec, common_pb2.EndpointRef]] = {}
+
+    def _ref(self, spec: EndpointSpec) -> common_pb2.EndpointRef:
+        hit = self._refs.get(spec.endpoint_id)
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        ref = common_pb2.EndpointRef(
+            endpoint_id=spec.endpoint_id,
+            address=spec.address,
+            pool=spec.pool,
+            accelerator_kind=spec.accelerator_kind,
+            instance_type=spec.instance_type,
+            zone=spec.zone,
+            region=spec.region,
+            model=spec.model,
+        )
+        self._refs[spec.endpoint_id] = (spec, ref)
+        return ref
+
+    def candidate(self, c: Candidate) -> router_pb2.Candidate:
+        p = c.prediction
+        return router_pb2.Candidate(
+            endpoint=self._ref(c.endpoint.spec),
+            predicted_ttft_ms=p.ttft_ms,
+            predicted_tpot_ms=p.tpot_ms,
+            predicted_cost_usd=p.cost_usd,
+            cost_usd_per_million_tokens=p.cost_usd_per_million_tokens,
+            predicted_energy_joules=p.energy_joules,
+        )
+
+    def placement(self, placed: Placed, lease_expires_at_s: float) -> router_pb2.Placement:
+        """The answer to a granted ``Place``: ``placed`` must carry its lease id."""
+        return router_pb2.Placement(
+            lease_id=placed.lease_id,
+            request_id=placed.request.request_id,
+            chosen=self.candidate(placed.chosen),
+            fallbacks=[self.candidate(f) for f in placed.fallbacks],
+            plan_generation=placed.plan_generation,
+            reason=placed.reason.value,
+            lease_expires_at=timestamp_from_seconds(lease_expires_at_s),
+            snapshot_version=placed.snapshot_version,
+        )
+
+
+def complete_response_to_proto(*, already_completed: bool, cost_usd: float) -> router_pb2.CompleteResponse:
+    return router_pb2.CompleteResponse(already_completed=already_completed, cost_usd=cost_usd)

@@ -102,10 +102,9 @@ async def test_reflection_lists_and_describes_services_through_grpcurl(served: R
     assert "request_id: is required" in called.stdout + called.stderr
 
 
-async def test_place_validates_then_answers_unimplemented(served: Running) -> None:
-    err = await rpc_error(served.router.Place(good_place()))
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "req-1" in (err.details() or "")
+async def test_place_validates_then_places(served: Running) -> None:
+    placed = await served.router.Place(good_place())
+    assert placed.request_id == "req-1" and placed.lease_id and placed.reason == "no_plan"
 
     err = await rpc_error(served.router.Place(good_place(input_tokens=-5, tenant="")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -133,8 +132,8 @@ async def test_place_validates_then_answers_unimplemented(served: Running) -> No
             text,
             "turnout_place_requests_total",
             model="llama-3.1-8b",
-            outcome="unimplemented",
-            accelerator="",
+            outcome="no_plan",
+            accelerator=placed.chosen.endpoint.accelerator_kind,
         )
         == 1
     )
@@ -158,12 +157,13 @@ async def test_place_stream_answers_each_request_in_order_and_goes_on(served: Ru
     assert [r.request_id for r in results] == ["a", "b", "c", "", "d"]
     codes = [r.error.code for r in results]
     assert codes == [
-        grpc.StatusCode.UNIMPLEMENTED.value[0],
+        0,  # placed
         grpc.StatusCode.INVALID_ARGUMENT.value[0],
         grpc.StatusCode.NOT_FOUND.value[0],
         grpc.StatusCode.INVALID_ARGUMENT.value[0],
-        grpc.StatusCode.UNIMPLEMENTED.value[0],
+        0,
     ]
+    assert [r.WhichOneof("result") for r in results] == ["placement", "error", "error", "error", "placement"]
     assert bad_request_fields(results[1].error) == {"max_output_tokens": "must be >= 1"}
     assert "at most 128" in bad_request_fields(results[3].error)["request_id"]
     _, text = await served.get_text("/metrics")
@@ -239,7 +239,7 @@ async def test_promtool_accepts_live_metrics(served: Running) -> None:
         pytest.fail("promtool is not installed (Debian package prometheus): run make setup")
     # Move every labelled family at least once so the page holds real samples of each.
     await rpc_error(served.router.Place(good_place(input_tokens=0)))
-    await rpc_error(served.router.Place(good_place()))
+    await served.router.Place(good_place())
     ack = await served.fleet.ReportTelemetry(
         iter([fleet_pb2.TelemetryReport(endpoint_id="nope", observed_at=_now_ts())])
     )
@@ -299,8 +299,7 @@ async def test_garbage_bytes_are_refused(served: Running) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf message" in (err.details() or "")
     # The server goes on.
-    err = await rpc_error(served.router.Place(good_place()))
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert (await served.router.Place(good_place())).lease_id
 
 
 async def test_published_plan_reaches_get_plan_debug_page_and_metrics(served: Running) -> None:

@@ -58,8 +58,9 @@ class RouterServicer:
         """Chooses the endpoint for one inference request. Idempotent on request_id: a retried call with the
         same request_id returns the same lease while it is live.
         Errors: INVALID_ARGUMENT (a field breaks a rule; google.rpc.BadRequest names it), NOT_FOUND (unknown
-        model; the message lists known ones), RESOURCE_EXHAUSTED (nothing can serve it; google.rpc.ErrorInfo
-        gives the binding reason and google.rpc.RetryInfo a retry delay).
+        model; the message lists known ones), RESOURCE_EXHAUSTED (nothing can serve it now; google.rpc.ErrorInfo
+        gives the binding reason - SLO, CAPACITY, POWER or SHED - and google.rpc.RetryInfo a retry delay),
+        FAILED_PRECONDITION (waiting cannot help, e.g. the request fits no endpoint's context; ErrorInfo only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,8 +37,9 @@ class RouterStub:
     """Chooses the endpoint for one inference request. Idempotent on request_id: a retried call with the
     same request_id returns the same lease while it is live.
     Errors: INVALID_ARGUMENT (a field breaks a rule; google.rpc.BadRequest names it), NOT_FOUND (unknown
-    model; the message lists known ones), RESOURCE_EXHAUSTED (nothing can serve it; google.rpc.ErrorInfo
-    gives the binding reason and google.rpc.RetryInfo a retry delay).
+    model; the message lists known ones), RESOURCE_EXHAUSTED (nothing can serve it now; google.rpc.ErrorInfo
+    gives the binding reason - SLO, CAPACITY, POWER or SHED - and google.rpc.RetryInfo a retry delay),
+    FAILED_PRECONDITION (waiting cannot help, e.g. the request fits no endpoint's context; ErrorInfo only).
     """
     PlaceStream: _grpc.StreamStreamMultiCallable[_router_pb2.PlaceRequest, _router_pb2.PlaceResult]
     """The same decision for a stream of requests. One result per request, in order; a request that fails
@@ -56,8 +57,9 @@ class RouterAsyncStub(RouterStub):
     """Chooses the endpoint for one inference request. Idempotent on request_id: a retried call with the
     same request_id returns the same lease while it is live.
     Errors: INVALID_ARGUMENT (a field breaks a rule; google.rpc.BadRequest names it), NOT_FOUND (unknown
-    model; the message lists known ones), RESOURCE_EXHAUSTED (nothing can serve it; google.rpc.ErrorInfo
-    gives the binding reason and google.rpc.RetryInfo a retry delay).
+    model; the message lists known ones), RESOURCE_EXHAUSTED (nothing can serve it now; google.rpc.ErrorInfo
+    gives the binding reason - SLO, CAPACITY, POWER or SHED - and google.rpc.RetryInfo a retry delay),
+    FAILED_PRECONDITION (waiting cannot help, e.g. the request fits no endpoint's context; ErrorInfo only).
     """
     PlaceStream: _aio.StreamStreamMultiCallable[_router_pb2.PlaceRequest, _router_pb2.PlaceResult]  # type: ignore[assignment]
     """The same decision for a stream of requests. One result per request, in order; a request that fails
@@ -78,8 +80,9 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         """Chooses the endpoint for one inference request. Idempotent on request_id: a retried call with the
         same request_id returns the same lease while it is live.
         Errors: INVALID_ARGUMENT (a field breaks a rule; google.rpc.BadRequest names it), NOT_FOUND (unknown
-        model; the message lists known ones), RESOURCE_EXHAUSTED (nothing can serve it; google.rpc.ErrorInfo
-        gives the binding reason and google.rpc.RetryInfo a retry delay).
+        model; the message lists known ones), RESOURCE_EXHAUSTED (nothing can serve it now; google.rpc.ErrorInfo
+        gives the binding reason - SLO, CAPACITY, POWER or SHED - and google.rpc.RetryInfo a retry delay),
+        FAILED_PRECONDITION (waiting cannot help, e.g. the request fits no endpoint's context; ErrorInfo only).
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,370 @@
+"""The event loop and the simulated endpoint: exact engine semantics on a toy profile, conservation, time
+that never goes backwards, policy contract checks, snapshots, settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from fleet.types import (
+    EndpointSpec,
+    EndpointStatus,
+    FleetSnapshot,
+    LatencySlo,
+    Precision,
+    Priority,
+    ServingProfile,
+    ZoneSpec,
+)
+from policies.demand import DEFAULT_BUCKET_BOUNDS, BucketBounds
+from policies.types import PlacementRequest, Plan
+from sim.clock import EventQueue, SimClock, TimeWentBackwards
+from sim.engine import PolicyContractError, SimConfig, SimError, SimFleet, SimResult, simulate
+from sim.policy_adapter import FirstFit, Placement, Refusal
+from sim.traces import Trace, TraceRequest
+
+
+class ToyProfile:
+    """A serving profile with round numbers: prefill 0.1 ms per prompt token, decode step
+    ``10 + batch`` ms whatever the context; power idle 100 W, busy 500 W."""
+
+    def __init__(self, kv_capacity_tokens: int = 100_000) -> None:
+        self._kv = kv_capacity_tokens
+
+    @property
+    def fits(self) -> bool:
+        return True
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self._kv
+
+    @property
+    def idle_power_w(self) -> float:
+        return 100.0
+
+    @property
+    def max_power_w(self) -> float:
+        return 500.0
+
+    @property
+    def source(self) -> str:
+        return "toy"
+
+    def ttft_ms(self, input_tokens: int, queued_prefill_tokens: int = 0) -> float:
+        return 0.1 * (input_tokens + queued_prefill_tokens)
+
+    def tpot_ms(self, batch: int, context_tokens: int) -> float:
+        return 10.0 + max(1, batch)
+
+    def max_batch_for_tpot(self, tpot_ms: float, context_tokens: int) -> int:
+        return max(0, min(int(tpot_ms - 10.0), self._kv // max(1, context_tokens)))
+
+    def power_w(self, utilization_ratio: float) -> float:
+        return 100.0 + 400.0 * min(1.0, max(0.0, utilization_ratio))
+
+
+def toy_spec(i: int, *, price: float = 3.6, reserved: bool = False) -> EndpointSpec:
+    return EndpointSpec(
+        endpoint_id=f"z1/toy/{i}",
+        address=f"toy-{i}:8000",
+        pool="toy",
+        zone="z1",
+        region="r1",
+        instance_type="toy.xlarge",
+        accelerator_kind="h100",
+        model="m",
+        tp_degree=1,
+        precision=Precision.BF16,
+        chips=1,
+        price_usd_per_hour=price,
+        max_context_tokens=100_000,
+        reserved=reserved,
+    )
+
+
+def toy_fleet(n: int = 1, profile: ServingProfile | None = None, cap_w: float = 10_000.0) -> SimFleet:
+    prof = profile if profile is not None else ToyProfile()
+    return SimFleet(
+        endpoints=tuple(toy_spec(i) for i in range(n)),
+        zones=(ZoneSpec("z1", "r1", cap_w),),
+        serving=lambda spec: prof,
+        slo_for=lambda model, priority: LatencySlo(ttft_ms=1000.0, tpot_ms=50.0),
+        source="toy",
+    )
+
+
+def toy_trace(rows: Sequence[tuple[float, int, int]], model: str = "m") -> Trace:
+    return Trace(
+        name="toy",
+        source="test",
+        requests=tuple(TraceRequest(t, n, o, model, Priority.STANDARD, "t") for t, n, o in rows),
+    )
+
+
+class Blind:
+    """Places every request on one endpoint id, whatever it is (to test the engine's own checks)."""
+
+    def __init__(self, endpoint_id: str) -> None:
+        self.endpoint_id = endpoint_id
+        self.completed: list[tuple[str, float | None]] = []
+
+    name = "blind"
+    uses_plan = False
+
+    @property
+    def buckets(self) -> BucketBounds:
+        return DEFAULT_BUCKET_BOUNDS
+
+    def set_plan(self, plan: Plan) -> None:
+        pass
+
+    def place(self, request: PlacementRequest, snapshot: FleetSnapshot, now_s: float) -> Placement | Refusal:
+        return Placement(self.endpoint_id, reason="blind")
+
+    def complete(
+        self, request_id: str, now_s: float, *, ttft_ms: float | None, tpot_ms: float | None
+    ) -> None:
+        self.completed.append((request_id, ttft_ms))
+
+
+class Recording(FirstFit):
+    """FirstFit that records the time and the snapshot of every call."""
+
+    def __init__(self, fleet: SimFleet, max_outstanding: int = 1_000_000) -> None:
+        super().__init__(fleet.serving, max_outstanding=max_outstanding)
+        self.snapshots: list[FleetSnapshot] = []
+        self.times: list[float] = []
+
+    def place(self, request: PlacementRequest, snapshot: FleetSnapshot, now_s: float) -> Placement | Refusal:
+        self.snapshots.append(snapshot)
+        self.times.append(now_s)
+        return super().place(request, snapshot, now_s)
+
+    def complete(
+        self, request_id: str, now_s: float, *, ttft_ms: float | None, tpot_ms: float | None
+    ) -> None:
+        self.times.append(now_s)
+        super().complete(request_id, now_s, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
+
+
+def run(rows: Sequence[tuple[float, int, int]], n: int = 1, **cfg: Any) -> SimResult:
+    fleet = toy_fleet(n)
+    return simulate(toy_trace(rows), fleet, FirstFit(fleet.serving), SimConfig(**cfg))
+
+
+# ------------------------------------------------------------------------------------------ engine semantics
+
+
+def test_a_lone_request_takes_its_prefill_then_its_decode_steps() -> None:
+    r = run([(0.0, 1000, 11)])
+    (o,) = r.outcomes
+    assert o.outcome == "completed"
+    assert o.ttft_ms == pytest.approx(100.0)  # 1000 tokens x 0.1 ms
+    assert o.tpot_ms == pytest.approx(11.0)  # batch 1: 10 + 1 ms per step, 10 steps
+    assert o.completed_s == pytest.approx(0.21)
+    assert r.end_s == pytest.approx(0.21)
+
+
+def test_an_arrival_mid_step_waits_for_the_step_then_is_prefilled_before_decoding_resumes() -> None:
+    # A decodes from 0.100 in 11 ms steps; B arrives at 0.105, mid-way through A's first step. The step
+    # ends at 0.111, B's prefill runs 0.111-0.211 (A stalled), then both decode in 12 ms steps: B's 4
+    # steps end at 0.259, A's last 5 steps alone (11 ms) end at 0.314.
+    r = run([(0.0, 1000, 11), (0.105, 1000, 5)])
+    a, b = r.outcomes
+    assert b.ttft_ms == pytest.approx(106.0)
+    assert b.completed_s == pytest.approx(0.259)
+    assert b.tpot_ms == pytest.approx(12.0)
+    assert a.completed_s == pytest.approx(0.314)
+    assert a.tpot_ms == pytest.approx((0.314 - 0.100) / 10 * 1000)
+
+
+def test_a_full_batch_queues_the_next_request() -> None:
+    r = run([(0.0, 1000, 11), (0.05, 1000, 2)], max_batch=1)
+    a, b = r.outcomes
+    assert a.completed_s == pytest.approx(0.21)
+    assert b.ttft_ms == pytest.approx((0.21 + 0.1 - 0.05) * 1000)  # waits for A, then its own prefill
+    assert b.completed_s == pytest.approx(0.21 + 0.1 + 0.011)
+
+
+def test_kv_memory_queues_until_a_completion_frees_it() -> None:
+    fleet = toy_fleet(1, ToyProfile(kv_capacity_tokens=1500))
+    trace = toy_trace([(0.0, 1000, 11), (0.05, 490, 2)])  # 1011 + 492 > 1500: B must wait for A
+    r = simulate(trace, fleet, FirstFit(fleet.serving), SimConfig())
+    a, b = r.outcomes
+    assert b.ttft_ms == pytest.approx((0.21 + 0.049 - 0.05) * 1000)
+    # With room for both, B's prefill follows A's at once (prefill before decode).
+    fleet = toy_fleet(1, ToyProfile(kv_capacity_tokens=1503))
+    a, b = simulate(trace, fleet, FirstFit(fleet.serving), SimConfig()).outcomes
+    assert b.ttft_ms == pytest.approx((0.1 + 0.049 - 0.05) * 1000)
+    assert a.completed_s == pytest.approx(0.1 + 0.049 + 0.012 + 9 * 0.011)
+
+
+def test_a_request_that_can_never_fit_is_rejected_by_the_endpoint_and_its_placement_released() -> None:
+    fleet = toy_fleet(1, ToyProfile(kv_capacity_tokens=1000))
+    policy = Blind("z1/toy/0")
+    r = simulate(toy_trace([(0.0, 900, 50), (1.0, 2000, 5)]), fleet, policy, SimConfig())
+    assert [o.outcome for o in r.outcomes] == ["completed", "rejected"]
+    assert r.outcomes[1].reason == "endpoint_kv_capacity"
+    assert ("r1", None) in policy.completed  # the policy hears of the dropped request
+    assert r.summary.rejected_by_reason == {"endpoint_kv_capacity": 1}
+
+
+def test_one_token_requests_complete_at_their_first_token() -> None:
+    r = run([(0.0, 100, 1)])
+    (o,) = r.outcomes
+    assert o.ttft_ms == pytest.approx(10.0) and o.tpot_ms == 0.0 and o.completed_s == pytest.approx(0.01)
+    assert o.slo_met
+
+
+def test_long_decodes_are_cut_into_segments_without_changing_the_result() -> None:
+    rows = [(0.0, 500, 300), (0.2, 700, 150), (0.9, 100, 40)]
+    coarse = run(rows, segment_steps=1000)
+    fine = run(rows, segment_steps=1)
+    for a, b in zip(coarse.outcomes, fine.outcomes, strict=True):
+        assert a.completed_s == pytest.approx(b.completed_s, rel=1e-12)
+        assert a.ttft_ms == pytest.approx(b.ttft_ms, rel=1e-12)
+    assert fine.events > coarse.events
+
+
+# ------------------------------------------------------------------------------------------ conservation
+
+
+def burst(n: int, spacing_s: float = 0.01) -> list[tuple[float, int, int]]:
+    return [(i * spacing_s, 200 + 37 * (i % 11), 5 + 13 * (i % 7)) for i in range(n)]
+
+
+def test_conservation_run_to_completion() -> None:
+    fleet = toy_fleet(2)
+    r = simulate(toy_trace(burst(300)), fleet, FirstFit(fleet.serving, max_outstanding=20), SimConfig())
+    s = r.summary
+    assert s.requests == 300
+    assert s.completed + s.rejected == 300 and s.running == 0
+    assert s.rejected > 0 and s.completed > 0  # the outstanding limit refuses part of the burst
+    assert {o.outcome for o in r.outcomes} == {"completed", "rejected"}
+    assert all(o.completed_s is not None for o in r.outcomes if o.outcome == "completed")
+    assert r.end_s == pytest.approx(max(o.completed_s or 0.0 for o in r.outcomes))
+
+
+def test_conservation_at_a_horizon_counts_requests_still_running() -> None:
+    fleet = toy_fleet(2)
+    rows = burst(300, 0.05)
+    r = simulate(toy_trace(rows), fleet, FirstFit(fleet.serving), SimConfig(horizon_s=7.5))
+    s = r.summary
+    arrived = sum(1 for t, _, _ in rows if t <= 7.5)
+    assert s.requests == arrived
+    assert s.running > 0 and s.completed > 0
+    assert s.completed + s.rejected + s.running == arrived
+    assert r.end_s == 7.5
+    running = [o for o in r.outcomes if o.outcome == "running"]
+    assert all(o.ttft_ms is None and not o.slo_met for o in running)
+
+
+# ------------------------------------------------------------------------------------------ time
+
+
+def test_simulated_time_never_goes_backwards() -> None:
+    fleet = toy_fleet(3)
+    policy = Recording(fleet)
+    r = simulate(toy_trace(burst(400, 0.005)), fleet, policy, SimConfig(telemetry_interval_s=0.05))
+    assert len(policy.times) == 400 + r.summary.completed
+    assert all(b >= a for a, b in itertools.pairwise(policy.times))
+    taken = [s.taken_at_s for s in policy.snapshots]
+    assert all(b >= a for a, b in itertools.pairwise(taken))
+    for o in r.outcomes:
+        assert o.completed_s is not None and o.ttft_ms is not None
+        assert o.arrival_s <= o.arrival_s + o.ttft_ms / 1000 <= o.completed_s + 1e-12
+
+
+def test_the_clock_refuses_to_go_back() -> None:
+    clock = SimClock(5.0)
+    assert clock.advance(5.0) == 5.0 and clock.advance(7.5) == 7.5 and clock() == 7.5
+    with pytest.raises(TimeWentBackwards, match=r"from 7\.5 s to 7\.4"):
+        clock.advance(7.4)
+    with pytest.raises(TimeWentBackwards):
+        clock.advance(math.nan)
+    assert clock.now_s == 7.5
+
+
+def test_events_pop_by_time_then_rank_then_push_order() -> None:
+    q = EventQueue()
+    q.push(2.0, kind=9, rank=0, key=1)
+    q.push(1.0, kind=9, rank=3, key=2)
+    q.push(1.0, kind=9, rank=1, key=3)
+    q.push(1.0, kind=9, rank=1, key=4)
+    assert [q.pop().key for _ in range(4)] == [3, 4, 2, 1]
+    with pytest.raises(ValueError):
+        q.push(math.inf, kind=0)
+
+
+# ------------------------------------------------------------------------------------------ contract checks
+
+
+def test_placing_on_an_unknown_endpoint_is_a_policy_bug() -> None:
+    with pytest.raises(PolicyContractError, match="not an endpoint serving m"):
+        simulate(toy_trace([(0.0, 10, 2)]), toy_fleet(1), Blind("z1/toy/9"), SimConfig())
+
+
+def test_placing_on_an_endpoint_that_is_off_is_a_policy_bug() -> None:
+    cfg = SimConfig(scaling="plan", initial_active="reserved", planner_first_run_s=100.0)
+    with pytest.raises(PolicyContractError, match="which is off"):
+        simulate(toy_trace([(0.0, 10, 2)]), toy_fleet(1), Blind("z1/toy/0"), cfg)
+
+
+def test_a_trace_model_no_pool_serves_is_refused_up_front() -> None:
+    with pytest.raises(SimError, match=r"model llama-3\.1-70b is served by no pool"):
+        simulate(toy_trace([(0.0, 10, 2)], model="llama-3.1-70b"), toy_fleet(1), Blind("z1/toy/0"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("scaling", "elastic", "scaling: must be one of fixed, plan"),
+        ("telemetry_interval_s", 0.0, "telemetry_interval_s: must be a finite number > 0"),
+        ("provisioning_delay_s", -1.0, "provisioning_delay_s"),
+        ("max_batch", 0, "max_batch: must be an integer >= 1"),
+        ("expected_output_tokens", 0, "expected_output_tokens"),
+        ("horizon_s", math.inf, "horizon_s"),
+        ("initial_active", "some", "initial_active"),
+    ],
+)
+def test_settings_are_checked(field: str, value: object, message: str) -> None:
+    with pytest.raises(SimError, match=message):
+        dataclasses.replace(SimConfig(), **{field: value})  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------ snapshots
+
+
+def test_policies_see_fleet_snapshots_built_from_telemetry() -> None:
+    fleet = toy_fleet(2)
+    policy = Recording(fleet, max_outstanding=1000)
+    simulate(toy_trace(burst(200, 0.002)), fleet, policy, SimConfig(telemetry_interval_s=0.1, max_batch=4))
+    snaps = policy.snapshots
+    assert all(isinstance(s, FleetSnapshot) for s in snaps)
+    versions = [s.version for s in snaps]
+    assert versions == sorted(versions) and versions[-1] > versions[0]
+    first = snaps[0]
+    assert [e.endpoint_id for e in first.endpoints] == ["z1/toy/0", "z1/toy/1"]
+    assert set(first.by_model) == {"m"} and first.zones["z1"].power_cap_w == 10_000.0
+    assert all(e.status is EndpointStatus.READY for s in snaps for e in s.endpoints)
+    # FirstFit sends everything to endpoint 0 (max batch 4): telemetry shows its queue and its power.
+    busiest = max(snaps, key=lambda s: s.by_id["z1/toy/0"].load.waiting_requests)
+    load0 = busiest.by_id["z1/toy/0"].load
+    assert load0.waiting_requests > 0 and load0.running_requests == 4
+    assert load0.utilization_ratio == pytest.approx(1.0)
+    assert busiest.zone_power_w["z1"] == pytest.approx(500.0 + 100.0)  # busy + idle endpoint
+    assert load0.kv_cache_usage_ratio > 0.0
+
+
+def test_arrivals_and_completions_reach_the_policy_in_order() -> None:
+    fleet = toy_fleet(1)
+    policy = FirstFit(fleet.serving)
+    simulate(toy_trace([(0.0, 1000, 11), (0.105, 1000, 5)]), fleet, policy, SimConfig())
+    assert [kind for kind, _ in policy.calls] == ["place", "place", "complete", "complete"]
+    assert [t for _, t in policy.calls] == pytest.approx([0.0, 0.105, 0.259, 0.314])
