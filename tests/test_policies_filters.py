@@ -112,12 +112,12 @@ def test_capacity_uses_the_larger_of_reported_and_reserved_kv() -> None:
 def test_latency_ttft_then_tpot() -> None:
     t, snap = one(make_state(make_spec("e1"), running=10))
     f = LatencyFilter()
-    # Idle-queue TTFT is 10 + 1000/20 = 60 ms. TPOT at batch 11, context 1100: a step of
-    # 10 + 11 * 0.61 = 16.71 ms plus the prefill stalls of the 10 sequences telemetry reports (the ledger
-    # knows none of them, so each is charged this request's own 60 ms prefill over its 200 output tokens):
-    # 16.71 + 10 * 60 / 200 = 19.71 ms.
-    assert f.filter(ctx_for(make_request(ttft_ms=60.0, tpot_ms=19.71), snap), t) is None
-    r = f.filter(ctx_for(make_request(ttft_ms=59.9), snap), t)
+    # TPOT at batch 11, context 1100: a step of 10 + 11 * 0.61 = 16.71 ms plus the prefill stalls of the 10
+    # sequences telemetry reports (the ledger knows none of them, so each is charged this request's own
+    # 60 ms prefill over its 200 output tokens): 16.71 + 10 * 60 / 200 = 19.71 ms. TTFT: the prompt's
+    # 10 + 1000 / 20 = 60 ms after half the decode step in progress: 60 + 16.71 / 2 = 68.355 ms.
+    assert f.filter(ctx_for(make_request(ttft_ms=68.36, tpot_ms=19.71), snap), t) is None
+    r = f.filter(ctx_for(make_request(ttft_ms=68.35), snap), t)
     assert r is not None and r.reason is RejectReason.SLO_TTFT
     r = f.filter(ctx_for(make_request(tpot_ms=19.7), snap), t)
     assert r is not None and r.reason is RejectReason.SLO_TPOT and "batch 11" in r.detail
@@ -144,8 +144,9 @@ def test_tpot_counts_the_prefill_stalls_the_ledger_books() -> None:
 def test_latency_counts_waiting_requests_as_queued_prefill() -> None:
     t, snap = one(make_state(make_spec("e1"), waiting=2))
     ctx = ctx_for(make_request(ttft_ms=160.0), snap)
-    # 2 waiting x 1024 assumed prompt tokens queued: 10 + (1000 + 2048) / 20 = 162.4 ms.
-    assert ctx.estimate(t).ttft_ms == pytest.approx(162.4)
+    # 2 waiting x 1024 assumed prompt tokens queued: 10 + (1000 + 2048) / 20 = 162.4 ms, plus half a decode
+    # step at batch 3, context 1100: (10 + 3 * 0.61) / 2 = 5.915 ms.
+    assert ctx.estimate(t).ttft_ms == pytest.approx(168.315)
     r = LatencyFilter().filter(ctx, t)
     assert r is not None and r.reason is RejectReason.SLO_TTFT
 
