@@ -223,6 +223,12 @@ class PolicyConfig:
     - ``waiting_request_prefill_tokens``: prompt tokens assumed for each request an endpoint reports as
       waiting (ESTIMATE: telemetry gives the count, not the lengths; 1024 is a mid-size chat prompt).
     - ``random_seed``: seed of the "random" picker (its choice depends on the seed and the request id only).
+    - ``candidates_per_decision``: the "turnout" policy stops filtering once this many endpoints passed
+      every filter and ranks those only; it looks at planned endpoints furthest below their planned share
+      first and at unplanned ones cheapest reference cost first (:mod:`policies.fastpath`). A decision
+      then costs about this many evaluations instead of one per endpoint of the model; when fewer are
+      feasible every endpoint is still examined, so a feasible endpoint is never missed. 0: rank every
+      feasible endpoint.
     """
 
     policy: str = "turnout"
@@ -239,6 +245,7 @@ class PolicyConfig:
     power_visible_after_s: float | None = None
     waiting_request_prefill_tokens: int = 1024
     random_seed: int = 0
+    candidates_per_decision: int = 12
 
     def __post_init__(self) -> None:
         if not self.policy:
@@ -248,6 +255,14 @@ class PolicyConfig:
             raise ValueError(f"max_fallbacks: must be an integer, got {self.max_fallbacks!r}")
         if not 0 <= self.max_fallbacks <= 16:
             raise ValueError(f"max_fallbacks: must be in [0, 16], got {self.max_fallbacks}")
+        if isinstance(self.candidates_per_decision, bool) or not isinstance(
+            self.candidates_per_decision, int
+        ):
+            raise ValueError(
+                f"candidates_per_decision: must be an integer, got {self.candidates_per_decision!r}"
+            )
+        if self.candidates_per_decision < 0:
+            raise ValueError(f"candidates_per_decision: must be >= 0, got {self.candidates_per_decision}")
         _finite("lease_grace_s", self.lease_grace_s, strict=True)
         _finite("lease_max_ttl_s", self.lease_max_ttl_s, strict=True)
         if self.lease_max_ttl_s < self.lease_grace_s:
@@ -322,6 +337,7 @@ _SCALARS: Mapping[str, type] = MappingProxyType(
         "power_visible_after_s": float,
         "waiting_request_prefill_tokens": int,
         "random_seed": int,
+        "candidates_per_decision": int,
     }
 )
 _NULLABLE = frozenset({"power_visible_after_s"})

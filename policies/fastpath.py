@@ -7,13 +7,18 @@ For each request, on one snapshot, one plan and one read-only ledger view, at ``
 2. **Class.** The request's traffic class from the configured length buckets (``policies.demand``).
 3. **Fresh plan** (generation > 0 and ``now_s - plan.created_at_s <= max_plan_age_s``): run the plan
    profile (hard filters, then plan affinity, cost and load) over the eligible endpoints the plan gives a
-   share of the class. If one is feasible it is chosen (reason ``plan``); fallbacks are the next planned
-   ones, topped up with feasible unplanned ones: looked for in the order of a static reference cost per
-   token (:class:`~policies.predict.Target`) and ranked by the spill profile, so that finding fallbacks
-   does not cost an evaluation of every endpoint of the model. If none is feasible (a burst beyond the
-   plan, or a class the plan does not cover), run the spill profile (hard filters, then cost) over the
+   share of the class, furthest below their planned share first, ranking the first
+   ``candidates_per_decision`` that pass every filter (the plan spreads a class over whole pools of
+   interchangeable endpoints: evaluating every one of them would cost a prediction per endpoint per
+   request and change little). If one is feasible it is chosen (reason ``plan``); fallbacks are the next
+   planned ones, topped up with feasible unplanned ones: looked for in the order of a static reference
+   cost per token (:class:`~policies.predict.Target`) and ranked by the spill profile, so that finding
+   fallbacks does not cost an evaluation of every endpoint of the model. If none is feasible (a burst
+   beyond the plan, or a class the plan does not cover), run the spill profile (hard filters, then cost)
+   over the
    other endpoints: the cheapest feasible is chosen (reason ``plan_spill``) and ``replan_requested`` is set.
-4. **No plan or a stale plan**: the spill profile over every eligible endpoint (reason ``no_plan`` or
+4. **No plan or a stale plan**: the spill profile over the eligible endpoints, cheapest reference cost
+   first, ranking the first ``candidates_per_decision`` feasible ones (reason ``no_plan`` or
    ``stale_plan``); the plan's age is the caller's to report in a metric. Routing never stops for a plan.
 5. **Nothing feasible**: :class:`~policies.decision.Refused` with the binding reason and a retry delay from
    the expected drain time of the blocking queue. Because the shed filter keeps part of the headroom for
@@ -79,10 +84,15 @@ class FastPath(PolicyCore):
         eligible, ineligible = self.targets(snapshot, request.model)
         k = self._k
 
+        enough = self.config.candidates_per_decision or None
+        if enough is not None and enough < k:
+            enough = k
+
         if not self.plan_is_fresh(plan, now_s):
             reason = PlacementReason.NO_PLAN if plan.generation == 0 else PlacementReason.STALE_PLAN
             ctx = self.context(request, traffic_class, snapshot, plan, ledger, now_s)
-            result = self.spill_profile.run(ctx, eligible, k)
+            by_cost = self.eligible_by_reference_cost(snapshot, request.model)
+            result = self.spill_profile.run(ctx, by_cost, k, enough=enough)
             if result.ranked:
                 return self.placed(ctx, result.ranked, reason, plan_generation=0, replan_requested=False)
             return self.refused(ctx, result.rejected, ineligible, plan_generation=0, replan_requested=False)
@@ -91,6 +101,11 @@ class FastPath(PolicyCore):
         ctx = self.context(request, traffic_class, snapshot, plan, ledger, now_s, shares)
         if shares:
             planned = [t for t in eligible if t.endpoint_id in shares]
+            if enough is not None and len(planned) > enough:
+                # Furthest below the planned share first (the plan-affinity criterion), then by id.
+                observed = ledger.observed_share
+                cls = traffic_class.name
+                planned.sort(key=lambda t: observed(cls, t.endpoint_id) - shares[t.endpoint_id])
             # Unplanned endpoints, cheapest reference cost first: the order fallbacks are looked for in.
             others = [
                 t
@@ -100,7 +115,7 @@ class FastPath(PolicyCore):
         else:
             planned, others = [], list(self.eligible_by_reference_cost(snapshot, request.model))
 
-        planned_result = self.plan_profile.run(ctx, planned, k) if planned else None
+        planned_result = self.plan_profile.run(ctx, planned, k, enough=enough) if planned else None
         if planned_result is not None and planned_result.ranked:
             ranked = list(planned_result.ranked)
             if len(ranked) < k and others:
@@ -112,7 +127,7 @@ class FastPath(PolicyCore):
                 ctx, ranked, PlacementReason.PLAN, plan_generation=plan.generation, replan_requested=False
             )
 
-        spill = self.spill_profile.run(ctx, others, k)
+        spill = self.spill_profile.run(ctx, others, k, enough=enough)
         if spill.ranked:
             return self.placed(
                 ctx,

@@ -505,3 +505,44 @@ def test_fast_profile_sanity() -> None:
     # The fakes the tests rely on behave as documented.
     assert FAST.ttft_ms(1000) == 60.0 and SLOW.ttft_ms(1000) == 220.0
     assert FAST.max_batch_for_tpot(FAST.tpot_ms(7, 500), 500) == 7
+
+
+# -------------------------------------------------------------------------------- candidates per decision
+
+
+def test_candidates_per_decision_never_misses_a_feasible_endpoint() -> None:
+    """Only the last of eight planned endpoints can meet the TTFT target (the others have deep queues):
+    ranking the first feasible one among those looked at must still find it."""
+    req = make_request(ttft_ms=500.0)
+    states = [make_state(make_spec(f"e{i}", price_usd_per_hour=10.0), waiting=40) for i in range(7)]
+    states.append(make_state(make_spec("e7", price_usd_per_hour=10.0)))
+    snapshot = make_snapshot(states)
+    plan = make_plan({f"e{i}": {class_name(req): 1.0} for i in range(8)})
+    decision = turnout(candidates_per_decision=1).place(req, snapshot, plan, ReservationLedger(), 0.0)
+    assert isinstance(decision, Placed)
+    assert decision.chosen.endpoint_id == "e7" and decision.reason is PlacementReason.PLAN
+
+
+def test_candidates_per_decision_looks_furthest_below_plan_first() -> None:
+    """With two candidates per decision, the placements follow the plan's split over six endpoints as the
+    full ranking does: every planned endpoint gets its turn, none is starved."""
+    req = make_request()
+    snapshot = make_snapshot([make_state(make_spec(f"e{i}", price_usd_per_hour=10.0)) for i in range(6)])
+    plan = make_plan({f"e{i}": {class_name(req): 1.0} for i in range(6)})
+    chosen: Counter[str] = Counter()
+    for policy in (turnout(candidates_per_decision=2), turnout(candidates_per_decision=0)):
+        ledger = ReservationLedger()
+        for i in range(60):
+            d = place_and_reserve(
+                policy, ledger, dataclasses.replace(req, request_id=f"r{i}"), snapshot, plan, 0.0
+            )
+            assert isinstance(d, Placed)
+            chosen[d.chosen.endpoint_id] += 1
+            ledger.release(f"lease-r{i}")
+    assert sorted(chosen) == [f"e{i}" for i in range(6)]
+    assert min(chosen.values()) >= 10, chosen
+
+
+def test_candidates_per_decision_is_validated() -> None:
+    with pytest.raises(ValueError, match="candidates_per_decision: must be >= 0"):
+        PolicyConfig(candidates_per_decision=-1)
