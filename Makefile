@@ -20,7 +20,7 @@ help:
 	@echo "make setup   create .venv, install -e .[dev], promtool/prometheus and PostgreSQL as needed"
 	@echo "make lint    ruff check and mypy"
 	@echo "make proto   regenerate turnout/v1 from proto/turnout/v1"
-	@echo "make bench   run every bench/*.py"
+	@echo "make bench   run every bench/*.py (not the *_server.py they start)"
 	@echo "make clean   remove caches and build output (distclean also removes .venv)"
 
 setup:
@@ -55,7 +55,7 @@ proto: setup
 
 bench: setup
 	@found=0; for f in bench/*.py; do \
-	  [ -e "$$f" ] || continue; found=1; \
+	  [ -e "$$f" ] || continue; case "$$f" in *_server.py) continue;; esac; found=1; \
 	  echo "== $$f"; $(PY) "$$f"; \
 	done; \
 	if [ $$found -eq 0 ]; then echo "make bench: no bench/*.py yet"; fi
