@@ -65,9 +65,7 @@ class EchoRouter(router_pb2_grpc.RouterServicer):
         async for request in request_iterator:
             yield router_pb2.PlaceResult(request_id=request.request_id, placement=self._placement(request))
 
-    async def Complete(
-        self, request: router_pb2.Completion, context: object
-    ) -> router_pb2.CompleteResponse:
+    async def Complete(self, request: router_pb2.Completion, context: object) -> router_pb2.CompleteResponse:
         return router_pb2.CompleteResponse()
 
 

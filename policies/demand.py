@@ -12,9 +12,25 @@ Each observed request adds a unit impulse to an exponentially decaying sum ``w``
     rate(t) = w(t) * ln(2) / H                                         [requests/s]
 
 For a steady Poisson stream of rate ``r`` the expected value of ``w`` is ``r * H / ln(2)``, so ``rate`` is an
-unbiased estimate of ``r`` once the estimator has seen a few half-lives of traffic (it under-estimates during
-the first half-lives after start: static demand covers that). A burst decays by half every ``H`` seconds.
-The mean input and output tokens of a class are averages weighted by the same decaying weights.
+unbiased estimate of ``r`` once the estimator has seen a few half-lives of traffic. A burst decays by half
+every ``H`` seconds. The mean input and output tokens of a class are averages weighted by the same decaying
+weights.
+
+Start-up (``warmup=True``)
+~~~~~~~~~~~~~~~~~~~~~~~~~~
+During the first half-lives after the estimator starts observing at ``t0`` (its first observation, or
+``observing_since_s``), the plain estimate is biased low: a stream of rate ``r`` that began at ``t0`` has
+
+    E[w(t)] = r * W(t),   W(t) = (H / ln 2) * (1 - 2 ** (-(t - t0) / H))              [s]
+
+where ``W(t)`` is the effective length of the window observed so far (the integral of the decaying weight
+over ``[t0, t]``): 29 % of ``r`` after half a half-life, 50 % after one. With ``warmup`` the rate is
+``w(t) / max(W(t), W_min)``, the decay-weighted mean rate over the window actually observed, which is
+unbiased for a stream that started at ``t0`` and equals the plain estimate once ``t - t0`` is a few
+half-lives (``W`` tends to ``H / ln 2``). ``W_min = min(min_window_s, H / ln 2)`` bounds the estimate from
+a window of a few seconds (one request an instant after start is not an infinite rate). ``t0`` is shared
+by every class: a class first seen later is new traffic, and ramps up as in the plain estimate.
+Off by default (the plain estimate, with static demand covering start-up).
 
 Static demand
 -------------
@@ -201,6 +217,8 @@ class DemandEstimator:
     ``half_life_s``: how fast the estimate forgets (see the module docstring). ``static``: configured demand
     merged per class by ``static_merge`` ("max" or "sum"). Classes whose observed rate has decayed below
     ``min_rate_per_s`` are dropped from the estimate (and their state is freed on a later ``observe``).
+    ``warmup``: correct the start-up bias over the window observed since ``observing_since_s`` (default:
+    the first observation), never shorter than ``min_window_s`` (module docstring, "Start-up").
     """
 
     _PRUNE_EVERY = 4096  # observations between sweeps that free classes decayed below min_rate_per_s
@@ -212,9 +230,15 @@ class DemandEstimator:
         static: Iterable[StaticDemand] = (),
         static_merge: Literal["max", "sum"] = "max",
         min_rate_per_s: float = 1e-4,
+        warmup: bool = False,
+        observing_since_s: float | None = None,
+        min_window_s: float = 5.0,
     ) -> None:
         _check_finite("half_life_s", half_life_s, 0.0, strict=True)
         _check_finite("min_rate_per_s", min_rate_per_s, 0.0)
+        _check_finite("min_window_s", min_window_s, 0.0, strict=True)
+        if observing_since_s is not None:
+            _check_finite("observing_since_s", observing_since_s, -math.inf)
         if static_merge not in ("max", "sum"):
             raise ValueError(f"static_merge: must be 'max' or 'sum', got {static_merge!r}")
         self._half_life_s = float(half_life_s)
@@ -229,13 +253,27 @@ class DemandEstimator:
         self._static: Mapping[TrafficClass, StaticDemand] = MappingProxyType(static_by_class)
         self._state: dict[TrafficClass, _ClassState] = {}
         self._since_prune = 0
+        self._warmup = bool(warmup)
+        self._t0_s = observing_since_s
+        self._min_window_s = min(float(min_window_s), 1.0 / self._rate_per_weight)
 
     @property
     def half_life_s(self) -> float:
         return self._half_life_s
 
+    @property
+    def warmup(self) -> bool:
+        return self._warmup
+
     def _decay(self, dt_s: float) -> float:
         return 2.0 ** (-max(0.0, dt_s) / self._half_life_s)
+
+    def _per_weight(self, now_s: float) -> float:
+        """Requests/s per unit of decayed weight at ``now_s``: ``1 / W`` (module docstring)."""
+        if not self._warmup or self._t0_s is None:
+            return self._rate_per_weight
+        window_s = (1.0 - self._decay(now_s - self._t0_s)) / self._rate_per_weight
+        return 1.0 / max(window_s, self._min_window_s)
 
     def observe(
         self,
@@ -253,6 +291,8 @@ class DemandEstimator:
         if count < 1:
             raise ValueError(f"count: must be >= 1, got {count}")
         _check_finite("now_s", now_s, -math.inf)
+        if self._t0_s is None:
+            self._t0_s = now_s
         st = self._state.get(cls)
         if st is None:
             st = _ClassState(now_s)
@@ -276,18 +316,20 @@ class DemandEstimator:
 
     def _prune(self, now_s: float) -> None:
         self._since_prune = 0
+        per_weight = self._per_weight(now_s)
         dead = [
             c
             for c, st in self._state.items()
-            if st.weight * self._decay(now_s - st.t_s) * self._rate_per_weight < self._min_rate_per_s
+            if st.weight * self._decay(now_s - st.t_s) * per_weight < self._min_rate_per_s
         ]
         for c in dead:
             del self._state[c]
 
     def _observed(self, now_s: float) -> dict[TrafficClass, _Observed]:
         out: dict[TrafficClass, _Observed] = {}
+        per_weight = self._per_weight(now_s)
         for c, st in self._state.items():
-            rate = st.weight * self._decay(now_s - st.t_s) * self._rate_per_weight
+            rate = st.weight * self._decay(now_s - st.t_s) * per_weight
             if rate < self._min_rate_per_s:
                 continue
             if st.tok_weight > 0.0:

@@ -3,6 +3,8 @@
     turnout [--log-level LEVEL] serve [--config PATH] [--grpc-addr HOST:PORT] [--http-addr HOST:PORT]
                                       [--ports-file PATH]
     turnout catalog [--config PATH] [--calibration]
+    turnout simulate --trace SPEC [--fleet PATH] [--policy NAME ...] ...   (``sim.cli_simulate``)
+    turnout plan ...                                                       (``sim.cli_plan``)
     turnout --version
 
 Exit codes: 0 success (also after SIGTERM / SIGINT and a graceful shutdown), 1 a failure at run time (an
@@ -95,6 +97,24 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fit the performance model on part of the published benchmarks and print held-out errors",
     )
+    from sim import cli_plan, cli_simulate
+
+    cli_simulate.add_arguments(
+        sub.add_parser(
+            "simulate",
+            parents=[common],
+            help="replay a trace through placement policies on a simulated fleet",
+            description=cli_simulate.DESCRIPTION,
+        )
+    )
+    cli_plan.add_arguments(
+        sub.add_parser(
+            "plan",
+            parents=[common],
+            help="find the cheapest fleet that meets the SLO for a workload",
+            description=cli_plan.DESCRIPTION,
+        )
+    )
     return parser
 
 
@@ -110,6 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             return 0
+    if args.command == "simulate":
+        from sim import cli_simulate
+
+        return cli_simulate.run(args)
+    if args.command == "plan":
+        from sim import cli_plan
+
+        return cli_plan.run(args)
     raise AssertionError(args.command)  # argparse refuses other commands
 
 

@@ -31,6 +31,7 @@ Schema (every section optional except ``zones`` and ``pools``; defaults shown)::
       demand:
         half_life_s: 60                   # memory of the observed request rate
         static_merge: max                 # or sum (see policies.demand)
+        warmup: true                      # correct the estimate's start-up bias (policies.demand)
         static: [{model, priority, input_tokens, output_tokens, rate_per_s}]
       leases: {expiry_sweep_s: 1, remember_ended: 100000}
       placement: {}                       # the per-request policy: policies.config.PolicyConfig.from_mapping
@@ -156,7 +157,9 @@ class PlannerSettings:
     (:class:`policies.planner.PlannerConfig`). The loop re-plans every ``interval_s`` and early, at most
     every ``min_replan_interval_s``, when a decision asks for it or when more than ``fleet_change_ratio``
     of the endpoints changed eligibility since the last solve. ``static_demand`` is merged with the rate
-    observed from ``Place`` traffic (half-life ``demand_half_life_s``) by ``static_merge``.
+    observed from ``Place`` traffic (half-life ``demand_half_life_s``) by ``static_merge``;
+    ``demand_warmup`` corrects the observed rate's start-up bias (``policies.demand``, "Start-up"): without
+    it the first plans after start size the fleet for a fraction of the traffic.
     """
 
     enabled: bool = True
@@ -166,6 +169,7 @@ class PlannerSettings:
     fleet_change_ratio: float = 0.1
     demand_half_life_s: float = 60.0
     static_merge: str = "max"
+    demand_warmup: bool = True
     static_demand: tuple[StaticDemand, ...] = ()
     energy_price_source: str | None = None
     leases: LeaseSettings = LeaseSettings()
@@ -707,7 +711,7 @@ class _Parser:
                 "is required when planner.energy_usd_per_kwh > 0 (where the price comes from)",
             )
         demand = self.mapping(
-            m.get("demand", {}), "planner.demand", ("half_life_s", "static_merge", "static")
+            m.get("demand", {}), "planner.demand", ("half_life_s", "static_merge", "warmup", "static")
         )
         half_life_s = self.number(
             demand.get("half_life_s", d.demand_half_life_s), "planner.demand.half_life_s", exclusive_minimum=0
@@ -715,6 +719,7 @@ class _Parser:
         merge = self.choice(
             demand.get("static_merge", d.static_merge), "planner.demand.static_merge", ("max", "sum")
         )
+        warmup = self.boolean(demand.get("warmup", d.demand_warmup), "planner.demand.warmup")
         static = self.static_demand(demand.get("static", []), placement, served_models)
         leases = self.mapping(m.get("leases", {}), "planner.leases", ("expiry_sweep_s", "remember_ended"))
         dl = LeaseSettings()
@@ -726,6 +731,7 @@ class _Parser:
             fleet_change_ratio=change,
             demand_half_life_s=half_life_s,
             static_merge=merge,
+            demand_warmup=warmup,
             static_demand=static,
             energy_price_source=source,
             leases=LeaseSettings(

@@ -118,6 +118,7 @@ class PlannerLoop:
             settings.demand_half_life_s,
             static=settings.static_demand,
             static_merge="sum" if settings.static_merge == "sum" else "max",
+            warmup=settings.demand_warmup,
         )
         self._wake = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None

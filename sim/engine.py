@@ -27,7 +27,9 @@ their provisioning, telemetry reports, time-series samples, planner runs; arriva
 * **Autoscaling** (``scaling="plan"``): endpoints in the plan's active set that are off start
   provisioning and become ACTIVE (eligible, costing money, drawing power) after ``provisioning_delay_s``;
   ACTIVE endpoints outside it are DRAINING: they take no new request, finish what they hold, and are
-  switched off (stop costing) once empty. Reserved endpoints stay on. A plan the planner could not
+  switched off (stop costing) once empty; with ``make_before_break`` (default) an endpoint is drained only
+  once the endpoints the plan turned on for its model have finished provisioning, so capacity is replaced
+  before it is removed. Reserved endpoints stay on. A plan the planner could not
   improve (status ``*_kept_previous``) changes nothing. ``scaling="fixed"``: every endpoint is on for the
   whole run.
 
@@ -253,6 +255,9 @@ class SimConfig:
     - ``planner_enabled``: run the planner for a policy that follows plans (false: it never gets one,
       as a service with ``planner.enabled: false``); plan scaling needs it.
     - ``initial_active``: with plan scaling, "all" endpoints on at the start or only the "reserved" ones.
+    - ``make_before_break``: with plan scaling, endpoints of a model that the plan turns off keep serving
+      until every endpoint the plan turned on for that model has finished provisioning (as a rolling
+      update with no unavailability would); false drains them as soon as the plan leaves them out.
     - ``expected_output_tokens``: what a request tells the policy it will generate: ``None`` = its true
       output length (default), or a fixed number of tokens for every request.
     - ``max_output_tokens``: the request's ``max_output_tokens``: ``None`` = the larger of its true output
@@ -264,9 +269,15 @@ class SimConfig:
       copies a loaded configuration's), except ``planner_time_limit_s``: a solve cut short by its
       wall-clock limit may differ between runs, so the simulator leaves it more room (10 s).
     - ``static_demand`` / ``static_demand_merge``: configured demand merged into the planner's estimate
-      (:class:`policies.demand.DemandEstimator`): the observed rate starts from nothing and reaches about
-      half the true rate after one ``demand_half_life_s``, so without it the first plans size the fleet for
-      less than the traffic.
+      (:class:`policies.demand.DemandEstimator`).
+    - ``demand_warmup``: the estimator corrects its start-up bias (``DemandEstimator(warmup=True)``,
+      observing from t = 0): while the trace has run for less than a few half-lives the rate is the
+      decay-weighted mean over the time observed. Without it the observed rate starts from nothing and
+      reaches only about 29 % of the true rate at the first plan (30 s, half-life 60 s) and 50 % after one
+      half-life, so the first plans size the fleet for a fraction of the traffic (and, with plan scaling,
+      switch off endpoints the traffic needs, which take ``provisioning_delay_s`` to come back). The live
+      router's planner loop does the same (``planner.demand.warmup``, on by default); :meth:`from_planning`
+      copies the configuration's setting.
     """
 
     scaling: str = "fixed"
@@ -279,6 +290,8 @@ class SimConfig:
     planner_time_limit_s: float = 10.0
     replan_min_interval_s: float = 5.0
     demand_half_life_s: float = 60.0
+    demand_warmup: bool = True
+    make_before_break: bool = True
     static_demand: tuple[StaticDemand, ...] = ()
     static_demand_merge: str = "max"
     planner: PlannerConfig | None = None  # None: PlannerConfig()
@@ -302,6 +315,7 @@ class SimConfig:
             "demand_half_life_s": planning.demand_half_life_s,
             "static_demand": tuple(planning.static_demand),
             "static_demand_merge": planning.static_merge,
+            "demand_warmup": planning.demand_warmup,
             "planner": planning.solver,
         }
         fields.update(overrides)
@@ -470,12 +484,17 @@ class Simulation:
         self.planner_token = 0
         self.replans_requested = 0
         self.plan_history: list[dict[str, Any]] = []
+        self.target_active: frozenset[str] = frozenset(
+            ep.endpoint_id for ep in self.endpoints if ep.spec.reserved
+        )
         self.needs_planner = cfg.planner_enabled and (cfg.scaling == "plan" or self.policy.uses_plan)
         self.estimator = (
             DemandEstimator(
                 cfg.demand_half_life_s,
                 static=cfg.static_demand,
                 static_merge="sum" if cfg.static_demand_merge == "sum" else "max",
+                warmup=cfg.demand_warmup,
+                observing_since_s=0.0,
             )
             if self.needs_planner
             else None
@@ -625,7 +644,16 @@ class Simulation:
             self._apply_active_set(plan.active_endpoint_ids, now_s)
 
     def _apply_active_set(self, active: frozenset[str], now_s: float) -> None:
+        self.target_active = active
         changed = False
+        # With make-before-break, a model whose planned endpoints are still provisioning keeps the ones it
+        # has: nothing of it is drained until every endpoint the plan turned on for it serves.
+        waiting: set[str] = set()
+        if self.config.make_before_break:
+            for ep in self.endpoints:
+                want = ep.endpoint_id in active or ep.spec.reserved
+                if want and ep.lifecycle in (Lifecycle.OFF, Lifecycle.PROVISIONING):
+                    waiting.add(ep.spec.model)
         for ep in self.endpoints:
             want = ep.endpoint_id in active or ep.spec.reserved
             state = ep.lifecycle
@@ -644,7 +672,7 @@ class Simulation:
                     self._set_lifecycle(ep, Lifecycle.ACTIVE, now_s)
                     changed = True
             else:
-                if state is Lifecycle.ACTIVE:
+                if state is Lifecycle.ACTIVE and ep.spec.model not in waiting:
                     self._set_lifecycle(ep, Lifecycle.DRAINING, now_s)
                     if ep.empty:
                         self._switch_off(ep, now_s)
@@ -674,6 +702,8 @@ class Simulation:
         ep.window_busy_s = ep.meter.busy_seconds(now_s)
         self.snapshot = self._publish(now_s)
         self.snapshot_count += 1
+        if self.config.make_before_break:
+            self._apply_active_set(self.target_active, now_s)  # drains what this endpoint replaces
 
     # --- requests -------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -73,8 +73,9 @@ def _config_data(config: SimConfig) -> dict[str, Any]:
     return data
 
 
-def summary_data(results: Sequence[SimResult]) -> dict[str, Any]:
-    """The content of ``summary.json`` for runs of one trace on one fleet (one per policy, names unique)."""
+def summary_data(results: Sequence[SimResult], run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``summary.json`` for runs of one trace on one fleet (one per policy, names unique).
+    ``run`` (e.g. the seed and the model/priority assignment of the command) is written under ``run``."""
     if not results:
         raise ValueError("results: at least one run is needed")
     first = results[0]
@@ -84,17 +85,20 @@ def summary_data(results: Sequence[SimResult]) -> dict[str, Any]:
     for r in results[1:]:
         if r.trace is not first.trace and r.trace != first.trace:
             raise ValueError("results: every run must replay the same trace")
-    return {
+    data: dict[str, Any] = {
         "trace": _trace_data(first.trace),
         "fleet": {"source": first.fleet_source},
         "settings": {r.policy: _config_data(r.config) for r in results},
         "policies": {r.policy: r.summary.to_dict() for r in results},
     }
+    if run is not None:
+        data["run"] = to_plain(dict(run))
+    return data
 
 
-def summary_json(results: Sequence[SimResult]) -> str:
+def summary_json(results: Sequence[SimResult], run: Mapping[str, Any] | None = None) -> str:
     """``summary.json`` text: sorted keys, no NaN (a ``ValueError`` would say a figure is not finite)."""
-    return json.dumps(summary_data(results), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    return json.dumps(summary_data(results, run), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -199,9 +203,21 @@ def _report_md(results: Sequence[SimResult], plots: Sequence[Path], command: str
     distinct = {json.dumps(_config_data(c), sort_keys=True) for c in settings.values()}
     if len(distinct) == 1:
         c = first.config
+        scaling = f"scaling {c.scaling}"
+        if c.scaling == "plan":
+            scaling += (
+                f" (provisioning delay {c.provisioning_delay_s:g} s, initially {c.initial_active} on, "
+                f"make-before-break {'on' if c.make_before_break else 'off'})"
+            )
+        demand = f"demand half-life {c.demand_half_life_s:g} s, start-up correction " + (
+            "on" if c.demand_warmup else "off"
+        )
+        if c.static_demand:
+            static_rate = sum(d.rate_per_s for d in c.static_demand)
+            demand += f", static demand {static_rate:g} req/s ({c.static_demand_merge})"
         out.append(
-            f"- Settings: scaling {c.scaling}, telemetry every {c.telemetry_interval_s:g} s, "
-            f"provisioning delay {c.provisioning_delay_s:g} s, planner every {c.planner_interval_s:g} s, "
+            f"- Settings: {scaling}, telemetry every {c.telemetry_interval_s:g} s, "
+            f"planner every {c.planner_interval_s:g} s ({demand}), "
             f"max batch {c.max_batch} (all in `summary.json`)."
         )
     else:
@@ -454,14 +470,20 @@ def _plot_share(results: Sequence[SimResult], path: Path) -> Path:
 
 
 def write_report(
-    results: Sequence[SimResult], out_dir: str | Path, *, command: str | None = None, plots: bool = True
+    results: Sequence[SimResult],
+    out_dir: str | Path,
+    *,
+    command: str | None = None,
+    plots: bool = True,
+    run: Mapping[str, Any] | None = None,
 ) -> ReportFiles:
     """Writes ``summary.json``, ``report.md`` and (``plots=True``) the PNG plots into ``out_dir``
-    (created if needed). ``command`` is quoted in the report as the command that produced it."""
+    (created if needed). ``command`` is quoted in the report as the command that produced it; ``run`` goes
+    to ``summary.json`` (:func:`summary_data`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "summary.json"
-    summary_path.write_text(summary_json(results), encoding="utf-8")
+    summary_path.write_text(summary_json(results, run), encoding="utf-8")
     written: list[Path] = []
     if plots:
         written = [

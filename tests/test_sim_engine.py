@@ -368,3 +368,68 @@ def test_arrivals_and_completions_reach_the_policy_in_order() -> None:
     simulate(toy_trace([(0.0, 1000, 11), (0.105, 1000, 5)]), fleet, policy, SimConfig())
     assert [kind for kind, _ in policy.calls] == ["place", "place", "complete", "complete"]
     assert [t for _, t in policy.calls] == pytest.approx([0.0, 0.105, 0.259, 0.314])
+
+
+# ------------------------------------------------------------------------------------ plan-driven scaling
+
+
+class ScriptedPlanner:
+    """A planner (``PlannerLike``) that turns on the endpoints its script names for the time of the solve
+    and records the total demand rate it was given."""
+
+    def __init__(self, script: Sequence[tuple[float, frozenset[str]]]) -> None:
+        self.script = script
+        self.demand_rates: list[tuple[float, float]] = []
+
+    def solve(
+        self, snapshot: Any, demand: Any, profiles: Any, previous: Plan, now_s: float, *a: Any, **k: Any
+    ) -> Plan:
+        self.demand_rates.append((now_s, math.fsum(d.rate_per_s for d in demand.values())))
+        active = next(ids for since_s, ids in reversed(self.script) if now_s >= since_s)
+        return dataclasses.replace(
+            previous,
+            generation=previous.generation + 1,
+            created_at_s=now_s,
+            status="optimal",
+            active_endpoint_ids=active,
+        )
+
+
+def _scaled(make_before_break: bool, demand_warmup: bool = True) -> tuple[SimResult, ScriptedPlanner]:
+    fleet = toy_fleet(2)
+    planner = ScriptedPlanner([(0.0, frozenset({"z1/toy/0"})), (40.0, frozenset({"z1/toy/1"}))])
+    rows = [(float(t), 100, 2) for t in range(100)]  # one short request a second
+    config = SimConfig(
+        scaling="plan",
+        planner_interval_s=20.0,
+        provisioning_delay_s=30.0,
+        make_before_break=make_before_break,
+        demand_warmup=demand_warmup,
+    )
+    return simulate(toy_trace(rows), fleet, FirstFit(fleet.serving), config, planner=planner), planner
+
+
+def test_make_before_break_keeps_an_endpoint_until_its_replacement_serves() -> None:
+    # At 40 s the plan swaps toy/0 for toy/1, which serves from 70 s. Draining toy/0 at once leaves nothing
+    # READY for 30 s; make-before-break keeps it until toy/1 is up, then drains it.
+    broken, _ = _scaled(make_before_break=False)
+    kept, _ = _scaled(make_before_break=True)
+    assert broken.summary.rejected == 30  # the arrivals at 40, 41, ..., 69 s
+    assert kept.summary.rejected == 0
+    on_s = {p.pool: p.mean_active_endpoints for p in kept.summary.pools}["toy"] * kept.end_s
+    # toy/0 on 0-70 s, toy/1 on 0-20 s (initially all on) and 70 s to the end: 30 s more than broken's.
+    broken_on_s = {p.pool: p.mean_active_endpoints for p in broken.summary.pools}["toy"] * broken.end_s
+    assert on_s - broken_on_s == pytest.approx(30.0, abs=0.5)
+
+
+def test_the_first_plan_sees_the_true_rate_with_the_start_up_correction() -> None:
+    # One request a second from t = 0; the first plan runs at 20 s with a 60 s half-life.
+    _, corrected = _scaled(make_before_break=True, demand_warmup=True)
+    _, plain = _scaled(make_before_break=True, demand_warmup=False)
+    assert corrected.demand_rates[0][0] == plain.demand_rates[0][0] == 20.0
+    assert corrected.demand_rates[0][1] == pytest.approx(1.0, rel=0.05)
+    # The plain EWMA has seen 1 - 2 ** (-20 / 60) = 21 % of its window.
+    assert plain.demand_rates[0][1] == pytest.approx(0.21, rel=0.1)
+    # Later plans: the corrected estimate stays on the true rate while the plain one is still rising.
+    for (_, c), (_, p) in zip(corrected.demand_rates, plain.demand_rates, strict=True):
+        assert c == pytest.approx(1.0, rel=0.05) and p < c
