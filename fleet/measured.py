@@ -50,7 +50,7 @@ from __future__ import annotations
 import bisect
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -297,6 +297,23 @@ def _name(text: str, where: str, column: str) -> str:
     return value
 
 
+def csv_lines(
+    text: str, origin: str, error: Callable[[str], Exception] = ValueError
+) -> Iterator[tuple[int, str, list[str]]]:
+    """``(line number, "origin:line", fields)`` of each line of a CSV text that is neither blank nor a
+    ``#`` comment, one line per record; a line the csv module cannot parse raises
+    ``error("origin:line: malformed CSV line: ...")``."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        where = f"{origin}:{number}"
+        try:
+            fields = next(csv.reader([raw]))
+        except csv.Error as exc:
+            raise error(f"{where}: malformed CSV line: {exc}") from None
+        yield number, where, fields
+
+
 def load_measured_profiles(path: str | Path) -> list[MeasuredProfile]:
     """Read a measured-profile CSV (format in the module docstring): one profile per endpoint class.
 
@@ -307,14 +324,7 @@ def load_measured_profiles(path: str | Path) -> list[MeasuredProfile]:
     text = Path(path).read_text(encoding="utf-8")
     header: list[str] | None = None
     groups: dict[tuple[str, str, int, Precision], list[MeasuredPoint]] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        where = f"{origin}:{number}"
-        try:
-            fields = next(csv.reader([raw]))
-        except csv.Error as e:
-            raise ValueError(f"{where}: malformed CSV line: {e}") from None
+    for number, where, fields in csv_lines(text, origin):
         if header is None:
             header = [f.strip() for f in fields]
             missing = [c for c in COLUMNS if c not in header]

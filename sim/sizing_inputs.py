@@ -48,7 +48,6 @@ at the first request; a last partial window counts when it spans at least half a
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Collection, Sequence
@@ -57,6 +56,7 @@ from pathlib import Path
 
 import yaml
 
+from fleet.measured import csv_lines
 from fleet.types import Precision, Priority
 from policies.demand import BucketBounds
 from sim.traces import Trace
@@ -628,14 +628,7 @@ def load_bucket_profiles(
     rows: list[BucketProfileRow] = []
     seen: dict[tuple[str, str | None, tuple[int, int, int, int]], int] = {}
     deployment: dict[tuple[str, str | None], tuple[int | None, Precision | None, int]] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        where = f"{origin}:{number}"
-        try:
-            fields = next(csv.reader([raw]))
-        except csv.Error as exc:
-            raise InputError(f"{where}: malformed CSV line: {exc}") from None
+    for number, where, fields in csv_lines(text, origin, InputError):
         if header is None:
             header = [f.strip() for f in fields]
             allowed = PROFILE_REQUIRED + PROFILE_OPTIONAL
