@@ -486,6 +486,7 @@ class PolicyCore:
             prefill_done_at_s=now_s + p.ttft_ms / 1000.0,
             prefill_tokens=request.input_tokens,
             kv_tokens=request_kv_tokens(request.input_tokens, request.expected_output_tokens),
+            stall_us_per_step=math.ceil(p.prefill_ms * 1000.0 / max(1, request.expected_output_tokens)),
             power_mw=p.power_increment_mw,
             power_visible_at_s=(
                 now_s + visible_after
@@ -494,5 +495,4 @@ class PolicyCore:
             ),
             prediction=p,
             placement=replace(placed, lease_id=lease_id),
-            stall_us_per_step=math.ceil(p.prefill_ms * 1000.0 / max(1, request.expected_output_tokens)),
         )

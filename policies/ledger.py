@@ -69,11 +69,11 @@ class Lease:
     prefill_done_at_s: float
     prefill_tokens: int
     kv_tokens: int
+    stall_us_per_step: int
     power_mw: int
     power_visible_at_s: float | None
     prediction: Prediction
     placement: Placed
-    stall_us_per_step: int = 0
 
     @property
     def request_id(self) -> str:

@@ -168,8 +168,7 @@ class Prediction:
     queued_prefill_tokens: int
     utilization_ratio: float
     power_increment_mw: int
-    prefill_ms: float = 0.0  # the request's own prefill on an idle endpoint, corrected
-    stall_ms: float = 0.0  # the part of ``profile_tpot_ms`` that is other prompts' prefill
+    prefill_ms: float  # the request's own prefill on an idle endpoint, corrected (what its lease books)
 
     @property
     def power_increment_w(self) -> float:
@@ -204,7 +203,6 @@ def prediction_of(estimate: Estimate, target: Target, output_tokens: int) -> Pre
         utilization_ratio=e.utilization_ratio,
         power_increment_mw=e.power_increment_mw,
         prefill_ms=e.prefill_s * 1000.0,
-        stall_ms=e.stall_ms,
     )
 
 
