@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from fleet.catalog import Catalog
 from fleet.models import ModelRegistry
 from fleet.perf import PerformanceModel
-from fleet.types import EndpointSpec, PoolSpec, ZoneSpec
+from fleet.types import DEFAULT_MAX_BATCH_SEQUENCES, EndpointSpec, PoolSpec, ZoneSpec
 
 GB = 1e9
 
@@ -161,6 +161,13 @@ def expand_pools(
                 f"{perf.memory_reserve_fraction:.0%} reserve; raise tp_degree, lower the precision or "
                 "max_context_tokens",
             )
+        max_batch = (
+            DEFAULT_MAX_BATCH_SEQUENCES if pool.max_batch_sequences is None else pool.max_batch_sequences
+        )
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= 65536:
+            raise InventoryError(
+                f"{at}.max_batch_sequences", f"must be an integer 1..65536, got {max_batch!r}"
+            )
         price = instance.price_usd_per_hour if pool.price_usd_per_hour is None else pool.price_usd_per_hour
         if (
             isinstance(price, bool)
@@ -199,6 +206,7 @@ def expand_pools(
                     price_usd_per_hour=replica_price,
                     max_context_tokens=context,
                     reserved=pool.reserved,
+                    max_batch_sequences=max_batch,
                     metrics_url=metrics_urls[k],
                     expects_telemetry=pool.expects_telemetry,
                 )

@@ -64,6 +64,11 @@ class ZoneSpec:
     power_cap_w: float
 
 
+DEFAULT_MAX_BATCH_SEQUENCES = 256
+"""Sequences a serving engine decodes at once unless its pool says otherwise: vLLM's default
+``max_num_seqs`` (256)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
     """One serving replica (a tensor-parallel group) as configured. Pools expand to these."""
@@ -82,6 +87,9 @@ class EndpointSpec:
     price_usd_per_hour: float  # this replica's share of its instance's price
     max_context_tokens: int  # longest input + output accepted
     reserved: bool = False  # the planner may not turn it off
+    # Sequences the serving engine decodes at once at most (vLLM's ``max_num_seqs``); requests beyond it
+    # wait in the engine's queue for a sequence to finish.
+    max_batch_sequences: int = DEFAULT_MAX_BATCH_SEQUENCES
     metrics_url: str | None = None  # Prometheus text to scrape, if any
     # False for endpoints with no live telemetry source at all (a static fleet): they are never marked
     # stale for lack of reports.
@@ -107,6 +115,7 @@ class PoolSpec:
     replicas_per_instance: int | None = None
     max_context_tokens: int | None = None  # default: the model's context length
     reserved: bool = False
+    max_batch_sequences: int | None = None  # default: DEFAULT_MAX_BATCH_SEQUENCES
     metrics_url_template: str | None = None  # e.g. "http://{pool}-{index}.serving.svc:8000/metrics"
     expects_telemetry: bool = True
     price_usd_per_hour: float | None = None  # per instance; default: the catalog's

@@ -10,7 +10,9 @@ TTFT target ``S`` and TPOT target ``T``; on an endpoint with profile ``P``:
 * ``p_max = P.ttft(L_max)``     TTFT of the longest prompt on an idle endpoint
 * ``ctx   = L + O / 2``         mean context of a sequence while it decodes
 * ``t(B)  = P.tpot(B, ctx)``    time of one decode step with ``B`` sequences in the batch
-* ``B_hi  = P.max_batch_for_tpot(T, ctx)``   largest batch meeting ``T`` that fits in KV memory
+* ``B_hi  = min(P.max_batch_for_tpot(T, ctx), M)``   largest batch meeting ``T`` that fits in KV memory
+  and within the engine's limit ``M`` on sequences decoding at once (the endpoint's
+  ``max_batch_sequences``)
 
 The engine alternates prefills (which stall the decode batch, as in continuous batching with or without
 chunking: the total stall time is the same) and decode steps. At arrival rate ``λ`` it spends the share
@@ -54,7 +56,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fleet.types import ServingProfile
+from fleet.types import DEFAULT_MAX_BATCH_SEQUENCES, ServingProfile
 from policies.demand import ClassDemand
 from policies.types import TrafficClass
 
@@ -74,11 +76,11 @@ class ClassCapacity:
     """Requests/s of one class an endpoint serves within the class's SLO, and why it is not more.
 
     ``binding`` names what limits the rate: "tpot" (prefill stalls push TPOT to its target), "ttft"
-    (queued prefills push TTFT to its target), "batch" (memory or the TPOT batch limit), or, with a zero
-    rate, "no_fit" (the model does not fit), "context" (the class's requests exceed the endpoint's
-    context), "ttft_idle" (TTFT misses its target even on an idle endpoint), "tpot_idle" (no batch meets
-    TPOT). ``batch`` is the decode batch the operating point was checked at, an upper bound on its mean
-    batch (0 when the rate is 0).
+    (queued prefills push TTFT to its target), "batch" (memory, the TPOT batch limit or the engine's
+    sequence limit), or, with a zero rate, "no_fit" (the model does not fit), "context" (the class's
+    requests exceed the endpoint's context), "ttft_idle" (TTFT misses its target even on an idle
+    endpoint), "tpot_idle" (no batch meets TPOT). ``batch`` is the decode batch the operating point was
+    checked at, an upper bound on its mean batch (0 when the rate is 0).
     """
 
     requests_per_s: float
@@ -114,6 +116,7 @@ def class_capacity(
     demand: ClassDemand,
     *,
     max_context_tokens: int,
+    max_batch_sequences: int = DEFAULT_MAX_BATCH_SEQUENCES,
     headroom_ratio: float = DEFAULT_HEADROOM_RATIO,
 ) -> ClassCapacity:
     """SLO-feasible capacity in requests/s of one endpoint for one class (module docstring has the model).
@@ -145,7 +148,7 @@ def class_capacity(
     out = max(1.0, float(mean_output_tokens))
     ctx = max(1, round(mean_input_tokens + out / 2.0))
     p = max(1e-9, profile.ttft_ms(mean_in) / 1000.0)
-    b_hi = int(profile.max_batch_for_tpot(slo.tpot_ms, ctx))
+    b_hi = min(int(profile.max_batch_for_tpot(slo.tpot_ms, ctx)), max_batch_sequences)
     if b_hi < 1:
         return _zero("tpot_idle", p * 1000.0)
 

@@ -23,6 +23,7 @@ T = TypeVar("T")
 __all__ = [
     "CHEAPEST_FEASIBLE_PROFILE",
     "TURNOUT_PLAN_PROFILE",
+    "TURNOUT_SPILL_PROFILE",
     "DataGravity",
     "PolicyConfig",
     "ProfileConfig",
@@ -91,11 +92,23 @@ TURNOUT_PLAN_PROFILE = ProfileConfig(
     picker="max_score",
 )
 
-# Greedy: every hard filter, then the lowest predicted cost of this request. The "turnout" policy's
-# spill and no-plan path, and the "cheapest_feasible" baseline.
+# Greedy: every hard filter, then the lowest predicted cost of this request at the endpoint's live batch.
+# The "cheapest_feasible" baseline. Because a busier endpoint serves a token more cheaply (the weights read
+# at each decode step are shared by more sequences), it piles work on the busiest feasible endpoint until
+# its predicted latency reaches the SLO: any error of the prediction is then an SLO miss.
 CHEAPEST_FEASIBLE_PROFILE = ProfileConfig(
     filters=ALL_HARD_FILTERS,
     scorers=(WeightedScorer("cost", 1.0),),
+    picker="max_score",
+)
+
+# The "turnout" policy's spill and no-plan path: every hard filter, then the cheapest silicon for this
+# request at full SLO-feasible use (``capacity_cost``), the load deciding between endpoints that cost the
+# same. It spreads a burst over the cheapest kind's endpoints instead of filling one to the SLO's edge; a
+# 10 % cheaper kind outweighs any load difference (0.1 x cost-score gap against at most 0.1 x 1).
+TURNOUT_SPILL_PROFILE = ProfileConfig(
+    filters=ALL_HARD_FILTERS,
+    scorers=(WeightedScorer("capacity_cost", 1.0), WeightedScorer("load", 0.1)),
     picker="max_score",
 )
 
@@ -233,7 +246,7 @@ class PolicyConfig:
 
     policy: str = "turnout"
     plan_profile: ProfileConfig = TURNOUT_PLAN_PROFILE
-    spill_profile: ProfileConfig = CHEAPEST_FEASIBLE_PROFILE
+    spill_profile: ProfileConfig = TURNOUT_SPILL_PROFILE
     buckets: BucketBounds = DEFAULT_BUCKET_BOUNDS
     shedding: ShedFractions = field(default_factory=ShedFractions)
     gravity: DataGravity = field(default_factory=DataGravity)

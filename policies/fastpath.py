@@ -14,11 +14,12 @@ For each request, on one snapshot, one plan and one read-only ledger view, at ``
    planned ones, topped up with feasible unplanned ones: looked for in the order of a static reference
    cost per token (:class:`~policies.predict.Target`) and ranked by the spill profile, so that finding
    fallbacks does not cost an evaluation of every endpoint of the model. If none is feasible (a burst
-   beyond the plan, or a class the plan does not cover), run the spill profile (hard filters, then cost)
-   over the
-   other endpoints: the cheapest feasible is chosen (reason ``plan_spill``) and ``replan_requested`` is set.
+   beyond the plan, or a class the plan does not cover), run the spill profile (hard filters, then the
+   cost at full SLO-feasible use, then load: ``policies.config.TURNOUT_SPILL_PROFILE``) over the other
+   endpoints: the best feasible is chosen (reason ``plan_spill``) and ``replan_requested`` is set.
 4. **No plan or a stale plan**: the spill profile over the eligible endpoints, cheapest reference cost
-   first, ranking the first ``candidates_per_decision`` feasible ones (reason ``no_plan`` or
+   first and, among equal ones, least loaded first (:meth:`FastPath.spill_order`), ranking the first
+   ``candidates_per_decision`` feasible ones (reason ``no_plan`` or
    ``stale_plan``); the plan's age is the caller's to report in a metric. Routing never stops for a plan.
 5. **Nothing feasible**: :class:`~policies.decision.Refused` with the binding reason and a retry delay from
    the expected drain time of the blocking queue. Because the shed filter keeps part of the headroom for
@@ -38,13 +39,14 @@ Usage (the router's event loop owns the ledger)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fleet.types import FleetSnapshot
 from policies.config import PolicyConfig
 from policies.decision import PlaceDecision, PlacementReason, PolicyCore, ServingLookup
 from policies.framework import Profile
 from policies.ledger import LedgerView
+from policies.predict import Target, in_flight
 from policies.types import PlacementRequest, Plan
 
 __all__ = ["FastPath"]
@@ -74,6 +76,17 @@ class FastPath(PolicyCore):
             and now_s - plan.created_at_s <= self.config.max_plan_age_s
         )
 
+    @staticmethod
+    def spill_order(targets: Sequence[Target], ledger: LedgerView, enough: int | None) -> Sequence[Target]:
+        """The order in which the spill profile looks at ``targets`` (cheapest reference cost first) when
+        it stops after ``enough`` feasible ones: among endpoints of equal reference cost (the same
+        silicon), fewest requests in flight first, so that the endpoints it ranks are the least loaded
+        of their kind rather than always the same ones. Unchanged when every target is ranked."""
+        if enough is None or len(targets) <= enough:
+            return targets
+        booking = ledger.booking
+        return sorted(targets, key=lambda t: (t.reference_cost_usd, in_flight(t, booking(t.endpoint_id))))
+
     def place(
         self, request: PlacementRequest, snapshot: FleetSnapshot, plan: Plan, ledger: LedgerView, now_s: float
     ) -> PlaceDecision:
@@ -92,7 +105,7 @@ class FastPath(PolicyCore):
             reason = PlacementReason.NO_PLAN if plan.generation == 0 else PlacementReason.STALE_PLAN
             ctx = self.context(request, traffic_class, snapshot, plan, ledger, now_s)
             by_cost = self.eligible_by_reference_cost(snapshot, request.model)
-            result = self.spill_profile.run(ctx, by_cost, k, enough=enough)
+            result = self.spill_profile.run(ctx, self.spill_order(by_cost, ledger, enough), k, enough=enough)
             if result.ranked:
                 return self.placed(ctx, result.ranked, reason, plan_generation=0, replan_requested=False)
             return self.refused(ctx, result.rejected, ineligible, plan_generation=0, replan_requested=False)
@@ -122,12 +135,13 @@ class FastPath(PolicyCore):
                 # Top up the fallbacks with feasible unplanned endpoints, looked for in the order of their
                 # static reference cost and ranked by the spill profile among those found.
                 need = k - len(ranked)
-                ranked.extend(self.spill_profile.run(ctx, others, need, enough=need).ranked)
+                top_up = self.spill_order(others, ledger, need)
+                ranked.extend(self.spill_profile.run(ctx, top_up, need, enough=need).ranked)
             return self.placed(
                 ctx, ranked, PlacementReason.PLAN, plan_generation=plan.generation, replan_requested=False
             )
 
-        spill = self.spill_profile.run(ctx, others, k, enough=enough)
+        spill = self.spill_profile.run(ctx, self.spill_order(others, ledger, enough), k, enough=enough)
         if spill.ranked:
             return self.placed(
                 ctx,

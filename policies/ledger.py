@@ -6,7 +6,8 @@ endpoint at once, before the endpoint's own telemetry shows it, and forgets it w
 
 Per live lease the ledger books:
 
-* on its endpoint: one outstanding request, ``kv_tokens`` of KV cache, ``stall_us_per_step`` of decode
+* on its endpoint: one outstanding request, ``kv_tokens`` of KV cache, its expected output tokens (the
+  mean remaining life of the endpoint's sequences, :mod:`policies.predict`), ``stall_us_per_step`` of decode
   stall (its own prefill time spread over its output tokens: what the request's prompt costs the other
   sequences' decode, :mod:`policies.predict`), and ``prefill_tokens`` of queued prefill work until the
   lease's predicted first token (``prefill_done_at_s``);
@@ -101,6 +102,11 @@ class Booking(Protocol):
     def kv_tokens(self) -> int: ...
 
     @property
+    def output_tokens(self) -> int:
+        """Sum over live leases of their expected output tokens."""
+        ...
+
+    @property
     def stall_us_per_step(self) -> int:
         """Sum over live leases of each one's prefill microseconds per output token (see
         :mod:`policies.predict`: the decode stall the endpoint's other sequences cause)."""
@@ -138,6 +144,7 @@ class _Booking:
 
     __slots__ = (
         "kv_tokens",
+        "output_tokens",
         "outstanding",
         "queued_prefill_tokens",
         "stall_us_per_step",
@@ -149,6 +156,7 @@ class _Booking:
         self.outstanding = 0
         self.queued_prefill_tokens = 0
         self.kv_tokens = 0
+        self.output_tokens = 0
         self.stall_us_per_step = 0
         self.ttft_factor = 1.0
         self.tpot_factor = 1.0
@@ -219,7 +227,7 @@ class ReservationLedger:
         self,
         *,
         affinity_memory_placements: int = 64,
-        correction_weight: float = 0.2,
+        correction_weight: float = 0.02,
         correction_bounds: tuple[float, float] = (0.25, 4.0),
     ) -> None:
         if not 0.0 < correction_weight <= 1.0:
@@ -324,6 +332,7 @@ class ReservationLedger:
             self._bookings[lease.endpoint_id] = b
         b.outstanding += 1
         b.kv_tokens += lease.kv_tokens
+        b.output_tokens += lease.request.expected_output_tokens
         b.stall_us_per_step += lease.stall_us_per_step
         if lease.prefill_done_at_s > self._now_s and lease.prefill_tokens:
             b.queued_prefill_tokens += lease.prefill_tokens
@@ -351,6 +360,7 @@ class ReservationLedger:
         b = self._bookings[lease.endpoint_id]
         b.outstanding -= 1
         b.kv_tokens -= lease.kv_tokens
+        b.output_tokens -= lease.request.expected_output_tokens
         b.stall_us_per_step -= lease.stall_us_per_step
         if lease_id in self._prefill_pending:
             self._prefill_pending.discard(lease_id)

@@ -42,8 +42,9 @@ Constraints
 
 Solved formulation: exact aggregation
 =====================================
-Eligible endpoints with the same zone, model, instance type, TP degree, precision and context length have
-the same profile, so the same capacities and power: they form a *capacity group* h (whatever their pools).
+Eligible endpoints with the same zone, model, instance type, TP degree, precision, context length and
+engine batch limit (``max_batch_sequences``) have the same profile, so the same capacities and power: they
+form a *capacity group* h (whatever their pools).
 Within h, endpoints that also share price and reserved flag are interchangeable: they form a *tier* t with
 N_t members, R_t of them reserved (0 or N_t), P_t previously active. The solver works on
 
@@ -247,7 +248,8 @@ class PlanReport:
 # ---------------------------------------------------------------------------------------------------------
 
 _HardwareKey = tuple[str, str, int, Precision, int]  # model, instance type, tp, precision, context
-_GroupKey = tuple[str, str, str, int, str, int]  # zone, model, instance type, tp, precision, context
+_GroupKey = tuple[str, str, str, int, str, int, int]  # zone, model, instance type, tp, precision, context,
+# max batch sequences
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +311,7 @@ def _group_key(spec: EndpointSpec) -> _GroupKey:
         spec.tp_degree,
         spec.precision.value,
         spec.max_context_tokens,
+        spec.max_batch_sequences,
     )
 
 
@@ -338,7 +341,7 @@ def _prepare(
         by_group.setdefault(_group_key(st.spec), {}).setdefault(tier_key, []).append(st.spec)
 
     profile_cache: dict[_HardwareKey, ServingProfile] = {}
-    capacity_cache: dict[tuple[_HardwareKey, int], float] = {}
+    capacity_cache: dict[tuple[_HardwareKey, int, int], float] = {}
     groups: list[_Group] = []
     tiers: list[_Tier] = []
     cap: dict[tuple[int, int], float] = {}
@@ -378,7 +381,7 @@ def _prepare(
             )
         )
         for ci in classes_by_model.get(spec.model, ()):
-            value = capacity_cache.get((hw, ci))
+            value = capacity_cache.get((hw, spec.max_batch_sequences, ci))
             if value is None:
                 c = classes[ci]
                 value = class_capacity(
@@ -386,9 +389,10 @@ def _prepare(
                     c,
                     demand[c],
                     max_context_tokens=spec.max_context_tokens,
+                    max_batch_sequences=spec.max_batch_sequences,
                     headroom_ratio=config.headroom_ratio,
                 ).requests_per_s
-                capacity_cache[hw, ci] = value
+                capacity_cache[hw, spec.max_batch_sequences, ci] = value
             if value > 0.0:
                 cap[gi, ci] = value
 

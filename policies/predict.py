@@ -9,7 +9,8 @@ them would count it twice, so the prediction takes the larger of the two: the le
 telemetry report has not seen yet, telemetry covers traffic placed by anyone else.
 
 * ``in_flight = max(running + waiting, ledger outstanding)``; the request decodes in a batch of
-  ``in_flight + 1``.
+  ``B = min(in_flight + 1, max_batch)`` where ``max_batch`` is the endpoint's ``max_batch_sequences`` (the
+  engine decodes at most that many sequences; the rest wait in its queue).
 * prefill queue ahead of the request:
   ``max(ledger queued prefill tokens, waiting x waiting_request_prefill_tokens)``.
 * KV tokens in use: ``max(kv_cache_usage_ratio x kv_capacity_tokens, ledger KV tokens)``.
@@ -18,10 +19,13 @@ Predictions
 -----------
 * ``ttft_ms = (profile.ttft_ms(input, queued) + wait_ms) x ttft_factor + network_latency_ms`` where
   ``wait_ms`` is half a decode step (below) when the endpoint holds sequences (a prompt waits for the step
-  in progress: engines do not cut a step short), the network term is the data-gravity latency when the
-  request's data lives in another region, and ``ttft_factor`` the endpoint's correction learned from
-  completions (1 until observed).
-* ``tpot_ms = (step_ms + stall_ms) x tpot_factor`` with ``step_ms = profile.tpot_ms(in_flight + 1, input +
+  in progress: engines do not cut a step short), plus, when the batch is full (``in_flight >=
+  max_batch``), the decode steps until ``in_flight + 1 - max_batch`` sequences have finished: a full batch
+  whose sequences live ``O`` steps on average finishes ``max_batch / O`` of them per step, ``O`` being the
+  mean expected output of the ledger's leases there (this request's own when it holds none); the network
+  term is the data-gravity latency when the request's data lives in another region, and ``ttft_factor``
+  the endpoint's correction learned from completions (1 until observed).
+* ``tpot_ms = (step_ms + stall_ms) x tpot_factor`` with ``step_ms = profile.tpot_ms(B, input +
   expected_output / 2)`` (one decode step at the mean context of this request while it decodes) and
   ``stall_ms`` the prefills that interrupt the decode batch. A continuous-batching engine stops decoding to
   prefill each newly admitted prompt. In steady state the endpoint admits new requests as fast as its
@@ -33,10 +37,14 @@ Predictions
   the ledger holds nothing there. Without this term a busy endpoint's TPOT is under-predicted by the share
   of time it spends prefilling (the planner's capacity model, :mod:`policies.capacity`, has the same term).
 * cost and energy: :mod:`policies.cost` with ``prefill_s`` the request's own prefill time (TTFT on an idle
-  endpoint, corrected), ``batch = in_flight + 1`` and the decode step without the stall (the time the engine
+  endpoint, corrected), ``batch = B`` and the decode step without the stall (the time the engine
   spends prefilling other prompts is theirs: their input cost already pays for it).
+* capacity cost: the same cost at the endpoint's full SLO-feasible batch ``n_max`` (below), or the live
+  batch if larger: what a token costs on this silicon used as fully as the SLO allows, independent of how
+  busy the endpoint happens to be (scorer ``capacity_cost``).
 * utilisation: the reported ``utilization_ratio`` if any, else ``in_flight / n_max`` where ``n_max`` is the
-  largest batch meeting the request's TPOT target at its class's longest context (memoised per class);
+  largest batch meeting the request's TPOT target at its class's longest context (memoised per class), at
+  most ``max_batch``;
   the request adds ``1 / n_max``. Power increment: ``power_w(u + 1 / n_max) - power_w(u)``, rounded up to
   a whole milliwatt so that the ledger adds integers and its totals are exact.
 """
@@ -79,6 +87,7 @@ class Target:
         "full_power_w",
         "kind",
         "kv_capacity_tokens",
+        "max_batch",
         "price_usd_per_s",
         "reference_cost_usd",
         "region",
@@ -101,6 +110,7 @@ class Target:
         self.region = spec.region
         self.kind = spec.accelerator_kind
         self.kv_capacity_tokens = int(serving.kv_capacity_tokens)
+        self.max_batch = spec.max_batch_sequences
         self.full_power_w = float(serving.power_w(1.0))
         self.zone_spec = zone
         self.zone_cap_w = zone.power_cap_w if zone is not None else math.inf
@@ -142,6 +152,9 @@ class Estimate(NamedTuple):
     decode_power_w: float  # the endpoint's draw at ``utilization_ratio``
     decode_step_ms: float  # one decode step without prefill stalls, corrected
     stall_ms: float  # other prompts' prefill per decode step (uncorrected; part of ``profile_tpot_ms``)
+    # Cost per million tokens of this request at the endpoint's full SLO-feasible batch (``n_max``), egress
+    # included: what the silicon costs when used as the plan uses it, whatever its live load.
+    capacity_cost_usd_per_million_tokens: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,13 +261,20 @@ def estimate(
     if own_ms is None:
         own_ms = float(serving.ttft_ms(request.input_tokens, 0))
         own_prefill_ms[pid] = own_ms
-    batch = n + 1
+    max_batch = target.max_batch
+    batch = n + 1 if n < max_batch else max_batch
     output_tokens = request.expected_output_tokens
     step_ms = float(serving.tpot_ms(batch, request.input_tokens + output_tokens // 2))
 
     profile_ttft_ms = own_ms if queued == 0 else float(serving.ttft_ms(request.input_tokens, queued))
     if n:
         profile_ttft_ms += 0.5 * step_ms  # the decode step in progress at arrival, half done on average
+    if n >= max_batch:
+        # A full batch: wait for n + 1 - max_batch sequences to finish. A full batch of sequences that
+        # live O steps on average finishes max_batch / O of them per step.
+        booked = booking.outstanding
+        mean_output = booking.output_tokens / booked if booked else float(output_tokens)
+        profile_ttft_ms += (n + 1 - max_batch) * (mean_output / max_batch) * step_ms
     data_region = request.data_region
     crosses = bool(data_region) and data_region != target.region
     network_ms = config.gravity.latency_ms(data_region, target.region) if crosses else 0.0
@@ -292,6 +312,17 @@ def estimate(
         longest_context = traffic_class.input_bucket_tokens + traffic_class.output_bucket_tokens // 2
         n_max = max(0, int(serving.max_batch_for_tpot(request.slo.tpot_ms, longest_context)))
         batch_limit[key] = n_max
+    if n_max > max_batch:
+        n_max = max_batch
+    full = n_max if n_max > batch else batch
+    full_in_usd, full_out_usd = request_cost_usd(
+        target.price_usd_per_s,
+        prefill_s,
+        output_tokens,
+        float(serving.tpot_ms(full, request.input_tokens + output_tokens // 2)) * tpot_factor / 1000.0,
+        full,
+    )
+    capacity_cost = (full_in_usd + full_out_usd + egress_usd) * 1e6 / tokens if tokens > 0 else 0.0
     reported = load.utilization_ratio
     if n_max >= 1:
         u_before = min(1.0, reported if reported is not None else n / n_max)
@@ -321,6 +352,7 @@ def estimate(
         p_after,
         decode_step_ms,
         stall_ms,
+        capacity_cost,
     )
 
 

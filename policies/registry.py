@@ -25,6 +25,7 @@ from policies.filters.power import PowerFilter
 from policies.filters.shed import ShedFilter
 from policies.framework import Filter, Picker, Profile, Scorer
 from policies.pickers import MaxScorePicker, RandomPicker, RoundRobinPicker
+from policies.scorers.capacity_cost import CapacityCostScorer
 from policies.scorers.cost import CostScorer
 from policies.scorers.load import LoadScorer
 from policies.scorers.plan_affinity import PlanAffinityScorer
@@ -143,6 +144,7 @@ def builtin_plugins() -> Plugins:
     plugins.filters.register("power", lambda c: PowerFilter())
     plugins.filters.register("shed", lambda c: ShedFilter())
     plugins.scorers.register("cost", lambda c: CostScorer())
+    plugins.scorers.register("capacity_cost", lambda c: CapacityCostScorer())
     plugins.scorers.register("load", lambda c: LoadScorer())
     plugins.scorers.register("plan_affinity", lambda c: PlanAffinityScorer())
     plugins.pickers.register("max_score", lambda c: MaxScorePicker())

@@ -12,8 +12,8 @@ Schema (every section optional except ``zones`` and ``pools``; defaults shown)::
       models:   {MODEL: {PRIORITY: {ttft_ms, tpot_ms}}}
     zones: [{name, region, power_cap_w}]
     pools: [{name, zone, instance_type, model, tp_degree, precision, instances, address_template,
-             replicas_per_instance: null, max_context_tokens: null, reserved: false,
-             metrics_url_template: null, telemetry: required, price_usd_per_hour: null}]
+             replicas_per_instance: null, max_context_tokens: null, max_batch_sequences: 256,
+             reserved: false, metrics_url_template: null, telemetry: required, price_usd_per_hour: null}]
     jobs:    {store: memory, dsn: null}   # or {store: postgres, dsn: "postgresql://..."}
     planner:                              # the placement engine (every key optional)
       enabled: true                       # run the global planner loop (false: fast path only)
@@ -582,6 +582,7 @@ class _Parser:
         optional = (
             "replicas_per_instance",
             "max_context_tokens",
+            "max_batch_sequences",
             "reserved",
             "metrics_url_template",
             "telemetry",
@@ -615,6 +616,10 @@ class _Parser:
             max_context_tokens=self.optional(
                 m.get("max_context_tokens"),
                 lambda v: self.integer(v, f"{path}.max_context_tokens", minimum=1),
+            ),
+            max_batch_sequences=self.optional(
+                m.get("max_batch_sequences"),
+                lambda v: self.integer(v, f"{path}.max_batch_sequences", minimum=1),
             ),
             reserved=self.boolean(m.get("reserved", False), f"{path}.reserved"),
             metrics_url_template=metrics_url,

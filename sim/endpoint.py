@@ -5,10 +5,10 @@ The engine model
 One engine per endpoint executes one step at a time, back to back while it has work:
 
 * **Admission** (first come, first served). The request at the head of the queue is admitted when the
-  decode batch has room (fewer than ``max_batch`` sequences) and its KV cache fits: the KV tokens held by
-  admitted requests plus its own ``input + output`` tokens stay within the profile's
-  ``kv_capacity_tokens``. A request is booked for its final length on admission, so memory never runs
-  out mid-decode and nothing is preempted. A blocked head blocks the queue (no overtaking).
+  decode batch has room (fewer than ``max_batch`` sequences, the endpoint's ``max_batch_sequences``) and
+  its KV cache fits: the KV tokens held by admitted requests plus its own ``input + output`` tokens stay
+  within the profile's ``kv_capacity_tokens``. A request is booked for its final length on admission, so
+  memory never runs out mid-decode and nothing is preempted. A blocked head blocks the queue (no overtaking).
 * **Prefill.** An admitted request's prompt is prefilled alone, taking ``ttft_ms(input_tokens, 0)`` of the
   profile; the decode batch is stalled meanwhile. Its first token is out when the prefill ends (TTFT =
   that moment minus arrival); then it joins the decode batch. Prompts queued behind it wait, so a prompt
@@ -45,13 +45,10 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from fleet.types import EndpointLoad, EndpointSpec, ServingProfile
+from fleet.types import DEFAULT_MAX_BATCH_SEQUENCES, EndpointLoad, EndpointSpec, ServingProfile
 from sim.accounting import EndpointMeter
 
-__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_SEGMENT_STEPS", "Lifecycle", "SimEndpoint", "SimRequest"]
-
-DEFAULT_MAX_BATCH = 256
-"""Sequences decoding at once at most: vLLM's default ``max_num_seqs`` (256)."""
+__all__ = ["DEFAULT_SEGMENT_STEPS", "Lifecycle", "SimEndpoint", "SimRequest"]
 
 DEFAULT_SEGMENT_STEPS = 64
 """Longest run of decode steps simulated as one segment of equal steps (the step time is re-evaluated at
@@ -176,7 +173,7 @@ class SimEndpoint:
         profile: ServingProfile,
         meter: EndpointMeter,
         *,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int = DEFAULT_MAX_BATCH_SEQUENCES,
         segment_steps: int = DEFAULT_SEGMENT_STEPS,
     ) -> None:
         if max_batch < 1:

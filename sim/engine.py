@@ -20,10 +20,10 @@ their provisioning, telemetry reports, time-series samples, planner runs; arriva
   of an endpoint's lifecycle (below) publishes a new snapshot at once, as a drain does in the live store.
 * **Planner** (when the policy follows a plan or scaling is plan-driven): every ``planner_interval_s``
   from ``planner_first_run_s``, and early (at most every ``replan_min_interval_s``) when a placement asks
-  for it, the router's own :class:`~policies.planner.Planner` solves on a snapshot of the whole inventory
-  (every endpoint shown eligible, so that it may turn endpoints on) and the demand estimated from the
-  arrivals seen so far by the router's :class:`~policies.demand.DemandEstimator`. The plan goes to the
-  policy.
+  for it (the "turnout" policy asks when it spills), the router's own
+  :class:`~policies.planner.Planner` solves on a snapshot of the whole inventory (every endpoint shown
+  eligible, so that it may turn endpoints on) and the demand estimated from the arrivals seen so far by
+  the router's :class:`~policies.demand.DemandEstimator`. The plan goes to the policy.
 * **Autoscaling** (``scaling="plan"``): endpoints in the plan's active set that are off start
   provisioning and become ACTIVE (eligible, costing money, drawing power) after ``provisioning_delay_s``;
   ACTIVE endpoints outside it are DRAINING: they take no new request, finish what they hold, and are
@@ -78,7 +78,7 @@ from sim.accounting import (
     summarize,
 )
 from sim.clock import EventQueue, SimClock
-from sim.endpoint import DEFAULT_MAX_BATCH, DEFAULT_SEGMENT_STEPS, Lifecycle, SimEndpoint, SimRequest
+from sim.endpoint import DEFAULT_SEGMENT_STEPS, Lifecycle, SimEndpoint, SimRequest
 from sim.policy_adapter import Placement, SimPolicy
 from sim.traces import Trace
 
@@ -295,7 +295,7 @@ class SimConfig:
     static_demand: tuple[StaticDemand, ...] = ()
     static_demand_merge: str = "max"
     planner: PlannerConfig | None = None  # None: PlannerConfig()
-    max_batch: int = DEFAULT_MAX_BATCH
+    max_batch: int | None = None  # None: each endpoint's max_batch_sequences (its pool's setting)
     segment_steps: int = DEFAULT_SEGMENT_STEPS
     expected_output_tokens: int | None = None
     max_output_tokens: int | None = None
@@ -350,10 +350,13 @@ class SimConfig:
                 raise SimError(f"{name}: must be null or a finite number >= 0, got {v!r}")
         if self.sample_interval_s is not None and self.sample_interval_s <= 0:
             raise SimError(f"sample_interval_s: must be > 0, got {self.sample_interval_s!r}")
-        for name in ("max_batch", "segment_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SimError(f"{name}: must be an integer >= 1, got {v!r}")
+        if self.max_batch is not None and (
+            isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1
+        ):
+            raise SimError(f"max_batch: must be null or an integer >= 1, got {self.max_batch!r}")
+        steps = self.segment_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise SimError(f"segment_steps: must be an integer >= 1, got {self.segment_steps!r}")
         for name in ("expected_output_tokens", "max_output_tokens"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -443,7 +446,14 @@ class Simulation:
                 float(profile.power_w(1.0)),
             )
             self.endpoints.append(
-                SimEndpoint(i, spec, profile, meter, max_batch=cfg.max_batch, segment_steps=cfg.segment_steps)
+                SimEndpoint(
+                    i,
+                    spec,
+                    profile,
+                    meter,
+                    max_batch=spec.max_batch_sequences if cfg.max_batch is None else cfg.max_batch,
+                    segment_steps=cfg.segment_steps,
+                )
             )
             self.infos.append(
                 EndpointInfo(

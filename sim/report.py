@@ -218,7 +218,9 @@ def _report_md(results: Sequence[SimResult], plots: Sequence[Path], command: str
         out.append(
             f"- Settings: {scaling}, telemetry every {c.telemetry_interval_s:g} s, "
             f"planner every {c.planner_interval_s:g} s ({demand}), "
-            f"max batch {c.max_batch} (all in `summary.json`)."
+            "max batch "
+            + ("per pool (max_batch_sequences)" if c.max_batch is None else str(c.max_batch))
+            + " (all in `summary.json`)."
         )
     else:
         out.append("- Settings differ between policies: see `settings` in `summary.json`.")

@@ -108,6 +108,12 @@ SHAPE_ERRORS: list[tuple[str, Mutation, str, str]] = [
     ("duplicate pool", _dup_pool_name, "pools[1].name", "duplicate pool name 'h100-llama8b' (also pools[0])"),
     ("bad precision", _set("pools[0].precision", "fp16"), "pools[0].precision", "must be one of bf16, fp8"),
     (
+        "engine sequence limit below one",
+        _set("pools[0].max_batch_sequences", 0),
+        "pools[0].max_batch_sequences",
+        ">= 1",
+    ),
+    (
         "bad telemetry mode",
         _set("pools[0].telemetry", "sometimes"),
         "pools[0].telemetry",

@@ -57,6 +57,7 @@ def test_one_h100_instance_becomes_eight_replicas() -> None:
     assert (first.tp_degree, first.chips, first.precision) == (1, 1, Precision.FP8)
     assert first.price_usd_per_hour == pytest.approx(6.88)  # 55.04 x 1 / 8
     assert first.max_context_tokens == 131072
+    assert first.max_batch_sequences == 256  # the engine default unless the pool says otherwise
     assert first.reserved and first.expects_telemetry
 
 
@@ -115,6 +116,11 @@ def test_shorter_context_lets_a_model_fit() -> None:
     assert len(eps) == 1 and eps[0].max_context_tokens == 32768
 
 
+def test_a_pool_sets_its_engines_sequence_limit() -> None:
+    eps = expand_pools([pool(max_batch_sequences=64)], ZONES, CATALOG, MODELS)
+    assert eps and all(e.max_batch_sequences == 64 for e in eps)
+
+
 def test_pools_expand_in_order_across_zones() -> None:
     eps = expand_pools(
         [
@@ -158,6 +164,7 @@ def test_pools_expand_in_order_across_zones() -> None:
         ([pool(replicas_per_instance=0)], "pools[0].replicas_per_instance", "1..8"),
         ([pool(max_context_tokens=0)], "pools[0].max_context_tokens", "1..131072"),
         ([pool(max_context_tokens=131073)], "pools[0].max_context_tokens", "1..131072"),
+        ([pool(max_batch_sequences=0)], "pools[0].max_batch_sequences", "1..65536"),
         ([pool(address_template="{zone}-{index}")], "pools[0].address_template", "{pool} and {index}"),
         ([pool(metrics_url_template="http://{host}/metrics")], "pools[0].metrics_url_template", "{pool}"),
         ([pool(price_usd_per_hour=-1.0)], "pools[0].price_usd_per_hour", "> 0"),

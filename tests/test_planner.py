@@ -938,3 +938,19 @@ def test_time_limit_without_an_acceptable_incumbent_keeps_the_previous_plan(
     assert report.plan.status == "timeout_kept_previous"
     assert "time limit" in report.message
     assert dataclasses.replace(report.plan, status=previous.status, solve_seconds=0.0) == previous
+
+
+def test_capacity_is_bounded_by_the_engines_sequence_limit() -> None:
+    """An engine that decodes at most M sequences at once serves at most M / (M p + O t(M)) requests/s,
+    whatever the TPOT target would allow."""
+    p = LinearProfile()
+    slo = LatencySlo(ttft_ms=2000.0, tpot_ms=100.0)
+    c, d = _demand(1024, 512, slo)
+    free = class_capacity(p, c, d, max_context_tokens=131072, headroom_ratio=1.0)
+    assert free.batch > 4
+    capped = class_capacity(p, c, d, max_context_tokens=131072, max_batch_sequences=4, headroom_ratio=1.0)
+    assert capped.binding == "batch" and capped.batch == 4
+    prefill_s = p.ttft_ms(round(d.mean_input_tokens)) / 1000.0
+    step_s = p.tpot_ms(4, round(d.mean_input_tokens + d.mean_output_tokens / 2)) / 1000.0
+    assert capped.requests_per_s == pytest.approx(4 / (4 * prefill_s + d.mean_output_tokens * step_s))
+    assert capped.requests_per_s < free.requests_per_s

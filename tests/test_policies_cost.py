@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from fakes import FAST, make_request, make_snapshot, make_spec, make_state
 from test_policies_filters import ctx_for, target
@@ -88,3 +90,27 @@ def test_completion_cost_of_a_lease() -> None:
         p.input_cost_usd
         + p.egress_cost_usd * req.input_tokens / (req.input_tokens + req.expected_output_tokens)
     )
+
+
+def test_a_full_engine_batch_caps_the_decode_batch_and_makes_the_request_wait() -> None:
+    """Beyond ``max_batch_sequences`` in flight the engine decodes no more sequences at once: the request
+    waits for ``in_flight + 1 - max_batch`` of them to finish (``max_batch / O`` per step, ``O`` the mean
+    expected output of the ledger's leases, here the request's own as the ledger is empty)."""
+    spec = dataclasses.replace(make_spec("e1"), max_batch_sequences=8)
+    below = make_state(spec, running=6)
+    full = make_state(spec, running=12)
+    request = make_request(input_tokens=1000, expected_output_tokens=200)
+    predictions = []
+    for s in (below, full):
+        snap = make_snapshot([s])
+        predictions.append(ctx_for(request, snap, ReservationLedger()).prediction(target(s, snap)))
+    below_p, full_p = predictions
+    assert below_p.decode_batch == 7 and full_p.decode_batch == 8
+    step_ms = 10 + 8 * (0.5 + 0.1 * (1000 + 100) / 1000)  # FAST's decode step at batch 8, context 1100
+    prefill_ms = 10 + 1000 / 20
+    waits_for = 12 + 1 - 8
+    expected_ttft_ms = prefill_ms + 0.5 * step_ms + waits_for * (200 / 8) * step_ms
+    assert full_p.ttft_ms == pytest.approx(expected_ttft_ms)
+    assert below_p.ttft_ms < prefill_ms + step_ms
+    # Utilisation is counted against the engine's limit when that is below the TPOT batch limit.
+    assert full_p.utilization_ratio == pytest.approx(1.0)

@@ -32,6 +32,7 @@ from policies.decision import (
     serving_lookup,
 )
 from policies.demand import classify
+from policies.fastpath import FastPath
 from policies.framework import RejectReason
 from policies.ledger import ReservationLedger
 from policies.registry import build_policy
@@ -440,7 +441,16 @@ def test_plugin_times_are_recorded_when_a_clock_is_given() -> None:
     policy = build_policy(PolicyConfig(), serving, clock=time.perf_counter)
     d = policy.place(make_request(), three_endpoints(), EMPTY_PLAN, ReservationLedger(), 0.0)
     names = {n for n, _ in d.plugin_seconds}
-    assert {"eligible", "context", "capacity", "latency", "power", "cost", "max_score"} <= names
+    assert {
+        "eligible",
+        "context",
+        "capacity",
+        "latency",
+        "power",
+        "capacity_cost",
+        "load",
+        "max_score",
+    } <= names
     assert all(s >= 0.0 for _, s in d.plugin_seconds)
     quiet = turnout().place(make_request(), three_endpoints(), EMPTY_PLAN, ReservationLedger(), 0.0)
     assert quiet.plugin_seconds == ()
@@ -471,24 +481,61 @@ def test_with_the_real_performance_model() -> None:
         spec("b200-0", "p6-b200.48xlarge", "b200", 1, Precision.FP8, 8),
     ]
     snapshot = make_snapshot([make_state(s) for s in specs])  # type: ignore[arg-type]
-    policy = build_policy(PolicyConfig(), serving_lookup(perf))
-    d = policy.place(
-        make_request(model="llama-3.1-8b", input_tokens=1500, expected_output_tokens=300),
-        snapshot,
-        EMPTY_PLAN,
-        ReservationLedger(),
-        0.0,
-    )
-    assert isinstance(d, Placed) and len(d.fallbacks) == 2
-    for c in (d.chosen, *d.fallbacks):
-        p = c.prediction
-        assert 0 < p.ttft_ms < 2000 and 0 < p.tpot_ms < 100
-        # An idle single request is the most expensive way to serve a token; still a sane figure.
-        assert 0.01 < p.cost_usd_per_million_tokens < 100.0
-        assert p.energy_joules > 0 and p.power_increment_mw > 0
-        assert p.cost_usd == pytest.approx(p.input_cost_usd + p.output_cost_usd)
-    costs = [c.prediction.cost_usd_per_million_tokens for c in (d.chosen, *d.fallbacks)]
+    request = make_request(model="llama-3.1-8b", input_tokens=1500, expected_output_tokens=300)
+    decisions = {}
+    for name in ("turnout", "cheapest_feasible"):
+        policy = build_policy(PolicyConfig(policy=name), serving_lookup(perf))
+        d = policy.place(request, snapshot, EMPTY_PLAN, ReservationLedger(), 0.0)
+        assert isinstance(d, Placed) and len(d.fallbacks) == 2
+        for c in (d.chosen, *d.fallbacks):
+            p = c.prediction
+            assert 0 < p.ttft_ms < 2000 and 0 < p.tpot_ms < 100
+            # An idle single request is the most expensive way to serve a token; still a sane figure.
+            assert 0.01 < p.cost_usd_per_million_tokens < 100.0
+            assert p.energy_joules > 0 and p.power_increment_mw > 0
+            assert p.cost_usd == pytest.approx(p.input_cost_usd + p.output_cost_usd)
+        decisions[name] = d
+    # cheapest_feasible ranks the cost at the live (idle) batch; turnout's no-plan path the cost at full
+    # SLO-feasible use: the same three endpoints, each ranking sorted by its own cost.
+    greedy = decisions["cheapest_feasible"]
+    costs = [c.prediction.cost_usd_per_million_tokens for c in (greedy.chosen, *greedy.fallbacks)]
     assert costs == sorted(costs)
+    plan_less = decisions["turnout"]
+    ranked = [c.endpoint_id for c in (plan_less.chosen, *plan_less.fallbacks)]
+    assert sorted(ranked) == ["b200-0", "h100-0", "inf2-0"]
+    policy = build_policy(PolicyConfig(), serving_lookup(perf))
+    assert isinstance(policy, FastPath)
+    ctx_costs = capacity_costs(policy, request, snapshot, ranked)
+    assert ctx_costs == sorted(ctx_costs)
+
+
+def capacity_costs(
+    policy: FastPath, request: PlacementRequest, snapshot: FleetSnapshot, endpoint_ids: list[str]
+) -> list[float]:
+    """The capacity cost per million tokens of ``request`` on each endpoint, as the spill profile sees it."""
+    ctx = policy.context(request, policy.classify(request), snapshot, EMPTY_PLAN, ReservationLedger(), 0.0)
+    eligible, _ = policy.targets(snapshot, request.model)
+    by_id = {t.endpoint_id: t for t in eligible}
+    return [ctx.estimate(by_id[e]).capacity_cost_usd_per_million_tokens for e in endpoint_ids]
+
+
+def test_spill_spreads_over_identical_endpoints_where_cheapest_feasible_piles_up() -> None:
+    """With no plan, turnout sends a burst to the least loaded of equally priced endpoints; the greedy
+    baseline sends it to the busiest (its live batch makes each token cheapest) until latency stops it."""
+    snapshot = make_snapshot([make_state(make_spec(f"e{i}")) for i in range(4)])
+    chosen: dict[str, Counter[str]] = {}
+    for name in ("turnout", "cheapest_feasible"):
+        policy = build_policy(PolicyConfig(policy=name), serving)
+        ledger = ReservationLedger()
+        counts: Counter[str] = Counter()
+        for i in range(40):
+            req = make_request(f"r{i}", input_tokens=100, expected_output_tokens=50, max_output_tokens=50)
+            d = place_and_reserve(policy, ledger, req, snapshot, EMPTY_PLAN, 0.0)
+            assert isinstance(d, Placed)
+            counts[d.chosen.endpoint_id] += 1
+        chosen[name] = counts
+    assert sorted(chosen["turnout"].values()) == [10, 10, 10, 10]
+    assert max(chosen["cheapest_feasible"].values()) > 10
 
 
 def test_a_performance_model_plugs_in_through_serving_lookup() -> None:

@@ -80,12 +80,14 @@ def state(ledger: ReservationLedger) -> tuple[object, ...]:
 def expected_totals(ledger: ReservationLedger) -> tuple[object, ...]:
     """The totals recomputed from the live leases and the ledger's clock alone."""
     now = ledger.now_s
-    out: dict[str, list[int]] = {e: [0, 0, 0] for e in ENDPOINTS}
+    out: dict[str, list[int]] = {e: [0, 0, 0, 0, 0] for e in ENDPOINTS}
     zones = dict.fromkeys(ZONES, 0)
     for lz in ledger:
         totals = out[lz.endpoint_id]
         totals[0] += 1
         totals[2] += lz.kv_tokens
+        totals[3] += lz.request.expected_output_tokens
+        totals[4] += lz.stall_us_per_step
         if lz.prefill_tokens and ledger.is_prefill_pending(lz.lease_id):
             totals[1] += lz.prefill_tokens
         if ledger.is_power_pending(lz.lease_id):
@@ -103,7 +105,7 @@ def expected_totals(ledger: ReservationLedger) -> tuple[object, ...]:
 
 def actual_totals(ledger: ReservationLedger) -> tuple[object, ...]:
     bookings = tuple(
-        (e, b.outstanding, b.queued_prefill_tokens, b.kv_tokens)
+        (e, b.outstanding, b.queued_prefill_tokens, b.kv_tokens, b.output_tokens, b.stall_us_per_step)
         for e in ENDPOINTS
         for b in [ledger.booking(e)]
     )

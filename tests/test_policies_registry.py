@@ -37,7 +37,7 @@ def test_builtin_plugins_are_all_there_and_fresh() -> None:
     p = builtin_plugins()
     assert p.policies.names() == ("cheapest_feasible", "least_loaded", "random", "round_robin", "turnout")
     assert p.filters.names() == ("capacity", "context", "latency", "power", "shed")
-    assert p.scorers.names() == ("cost", "load", "plan_affinity")
+    assert p.scorers.names() == ("capacity_cost", "cost", "load", "plan_affinity")
     assert p.pickers.names() == ("max_score", "random", "round_robin")
     p.filters.register("extra", lambda c: _NoH100())
     assert "extra" not in builtin_plugins().filters  # no shared global state

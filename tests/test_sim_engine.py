@@ -327,7 +327,7 @@ def test_a_trace_model_no_pool_serves_is_refused_up_front() -> None:
         ("scaling", "elastic", "scaling: must be one of fixed, plan"),
         ("telemetry_interval_s", 0.0, "telemetry_interval_s: must be a finite number > 0"),
         ("provisioning_delay_s", -1.0, "provisioning_delay_s"),
-        ("max_batch", 0, "max_batch: must be an integer >= 1"),
+        ("max_batch", 0, "max_batch: must be null or an integer >= 1"),
         ("expected_output_tokens", 0, "expected_output_tokens"),
         ("horizon_s", math.inf, "horizon_s"),
         ("initial_active", "some", "initial_active"),

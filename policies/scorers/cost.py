@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from policies.framework import CycleContext, Scorer
 from policies.predict import Target
 
-__all__ = ["CostScorer"]
+__all__ = ["CostScorer", "cheapest_ratio"]
 
 
 class CostScorer(Scorer):
@@ -20,8 +20,12 @@ class CostScorer(Scorer):
     name = "cost"
 
     def score(self, ctx: CycleContext, targets: Sequence[Target]) -> Sequence[float]:
-        costs = [ctx.estimate(t).cost_usd_per_million_tokens for t in targets]
-        lowest = min(costs)
-        if lowest <= 0.0:
-            return [1.0 if c <= 0.0 else 0.0 for c in costs]
-        return [lowest / c for c in costs]
+        return cheapest_ratio([ctx.estimate(t).cost_usd_per_million_tokens for t in targets])
+
+
+def cheapest_ratio(costs: Sequence[float]) -> list[float]:
+    """``min / cost`` for each cost; zero costs score 1 and, when one exists, every positive cost 0."""
+    lowest = min(costs)
+    if lowest <= 0.0:
+        return [1.0 if c <= 0.0 else 0.0 for c in costs]
+    return [lowest / c for c in costs]
