@@ -243,9 +243,11 @@ async def test_complete_corrects_the_endpoints_latency_estimate() -> None:
                 )
         again = await served.router.Place(place_request("p3", allowed_accelerator_kinds=[kind]))
         assert again.chosen.endpoint.endpoint_id == eid and not again.fallbacks
-        # Moved toward the observation by the correction weight (0.2 of the way from 1x to 2x).
-        assert again.chosen.predicted_ttft_ms == pytest.approx(1.2 * first.chosen.predicted_ttft_ms, rel=0.05)
-        assert again.chosen.predicted_tpot_ms > 1.1 * first.chosen.predicted_tpot_ms
+        # Moved toward the observation by the correction weight (0.02 of the way from 1x to 2x: one
+        # request's observation is mostly noise; fifty of them move the estimate most of the way).
+        expected_ttft_ms = 1.02 * first.chosen.predicted_ttft_ms
+        assert again.chosen.predicted_ttft_ms == pytest.approx(expected_ttft_ms, rel=0.002)
+        assert again.chosen.predicted_tpot_ms > 1.01 * first.chosen.predicted_tpot_ms
 
 
 async def test_an_uncompleted_lease_expires_on_the_periodic_sweep_and_frees_its_reservation() -> None:
