@@ -142,11 +142,6 @@ class PlacementEncoder:
         out.cost_usd_per_million_tokens = p.cost_usd_per_million_tokens
         out.predicted_energy_joules = p.energy_joules
 
-    def candidate(self, c: Candidate) -> router_pb2.Candidate:
-        out = router_pb2.Candidate()
-        self._fill(out, c)
-        return out
-
     def placement(
         self, placed: Placed, lease_expires_at_s: float, out: router_pb2.Placement | None = None
     ) -> router_pb2.Placement:
