@@ -45,10 +45,14 @@ per-request path.
 
 Power
 -----
-``power_w(u) = idle_power_w + (max_power_w - idle_power_w) * u`` for an active endpoint at load share ``u``
-in [0, 1] of its SLO-feasible capacity. Because the capacity already includes the headroom, full load
-(``u = 1``) is charged the profile's maximum power although the engine is then only ``headroom_ratio``
-busy: the planner's power figures err on the high side, which is the safe side for a power cap.
+``power_w(u) = active_w + load_w * u`` for an active endpoint at load share ``u`` in [0, 1] of its
+SLO-feasible capacity, with ``active_w`` = the profile's maximum power and ``load_w`` = 0: an engine with
+work is busy, and busy silicon draws its full power whatever its batch (the simulator's engine model, and
+what a zone's meter shows). At the loads the planner plans, an active endpoint is almost never without
+work (Little's law: its rate times its latency is many requests in flight), so charging it its full power
+is exact at planned load and errs on the high side, the safe side for a power cap, only for an active
+endpoint left nearly idle. A line that grew with the load share charged a busy endpoint at 40 % load 40 %
+of its dynamic power and let plans put more silicon in a zone than its cap can feed.
 """
 
 from __future__ import annotations
@@ -91,19 +95,19 @@ class ClassCapacity:
 
 @dataclass(frozen=True, slots=True)
 class PowerLine:
-    """Power of an active endpoint: ``idle_w + dynamic_w * load_share`` watts."""
+    """Power of an active endpoint: ``active_w + load_w * load_share`` watts."""
 
-    idle_w: float
-    dynamic_w: float
+    active_w: float
+    load_w: float
 
     def power_w(self, load_share: float) -> float:
-        return self.idle_w + self.dynamic_w * min(1.0, max(0.0, load_share))
+        return self.active_w + self.load_w * min(1.0, max(0.0, load_share))
 
 
 def power_line(profile: ServingProfile) -> PowerLine:
-    """The linear power model of an endpoint with ``profile`` (see the module docstring)."""
-    idle = float(profile.idle_power_w)
-    return PowerLine(idle_w=idle, dynamic_w=max(0.0, float(profile.max_power_w) - idle))
+    """The power model of an active endpoint with ``profile``: its full power whatever its load (see the
+    module docstring)."""
+    return PowerLine(active_w=float(profile.max_power_w), load_w=0.0)
 
 
 def _zero(binding: str, prefill_ms: float = 0.0) -> ClassCapacity:

@@ -230,9 +230,10 @@ class PolicyConfig:
     - ``max_fallbacks``: fallbacks returned with a placement.
     - ``lease_grace_s`` / ``lease_max_ttl_s``: a lease lives for the request's predicted worst-case duration
       (TTFT + max_output_tokens x TPOT) plus the grace, but never longer than the maximum.
-    - ``power_visible_after_s``: after this long a placed request's power increment is taken to show in the
+    - ``power_visible_after_s``: after this long a placed request's power booking is taken to show in the
       zone's measured draw, so the ledger stops adding it (only for endpoints that report telemetry).
-      ``None`` (default) keeps it reserved until the lease ends: never under-counts, may over-count.
+      ``None`` (default): it stays booked until a report of its endpoint sampled after its predicted first
+      token shows it (:meth:`policies.ledger.ReservationLedger.sync_power`), or until the lease ends.
     - ``waiting_request_prefill_tokens``: prompt tokens assumed for each request an endpoint reports as
       waiting (ESTIMATE: telemetry gives the count, not the lengths; 1024 is a mid-size chat prompt).
     - ``random_seed``: seed of the "random" picker (its choice depends on the seed and the request id only).

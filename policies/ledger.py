@@ -11,8 +11,10 @@ Per live lease the ledger books:
   stall (its own prefill time spread over its output tokens: what the request's prompt costs the other
   sequences' decode, :mod:`policies.predict`), and ``prefill_tokens`` of queued prefill work until the
   lease's predicted first token (``prefill_done_at_s``);
-* on its zone: ``power_mw`` milliwatts until the request's draw shows in the zone's measured power
-  (``power_visible_at_s``; ``None``: until the lease ends);
+* on its zone and its endpoint: ``power_mw`` milliwatts until the request's draw shows in the zone's
+  measured power: once its endpoint reports a sample taken at or after the lease's predicted first token
+  (:meth:`ReservationLedger.sync_power`), at ``power_visible_at_s`` if that is set and comes first, else
+  until the lease ends;
 * in the plan tracker: one placement of its traffic class on its endpoint (history, not released).
 
 Contracts
@@ -20,8 +22,9 @@ Contracts
 * **One owner.** Only the router's event loop mutates a ledger (``reserve``, ``release``, ``complete``,
   ``expire``); policies read it through :class:`LedgerView`. Not thread-safe.
 * **Time is passed in.** ``expire(now_s)`` advances the ledger's clock (never backwards) and retires every
-  time-driven booking due by then: queued prefill past its first token, power that telemetry now shows,
-  leases past their expiry. Call it before each decision.
+  time-driven booking due by then: queued prefill past its first token, power due to show by
+  ``power_visible_at_s``, leases past their expiry. Call it before each decision, and
+  :meth:`~ReservationLedger.sync_power` with each new fleet snapshot.
 * **Totals are exact.** Every per-endpoint and per-zone total equals the sum over live leases of what each
   still books (power is kept in integer milliwatts so no rounding drifts).
 * **Idempotent release.** ``release``/``complete`` of a lease that is not live (released, completed or
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 from policies.types import PlacementRequest
 
 if TYPE_CHECKING:
+    from fleet.types import FleetSnapshot
     from policies.decision import Placed
     from policies.predict import Prediction
 
@@ -113,6 +117,11 @@ class Booking(Protocol):
         ...
 
     @property
+    def power_mw(self) -> int:
+        """Milliwatts live leases on the endpoint still hold (their draw not yet in its reports)."""
+        ...
+
+    @property
     def ttft_factor(self) -> float: ...
 
     @property
@@ -146,6 +155,7 @@ class _Booking:
         "kv_tokens",
         "output_tokens",
         "outstanding",
+        "power_mw",
         "queued_prefill_tokens",
         "stall_us_per_step",
         "tpot_factor",
@@ -158,6 +168,7 @@ class _Booking:
         self.kv_tokens = 0
         self.output_tokens = 0
         self.stall_us_per_step = 0
+        self.power_mw = 0
         self.ttft_factor = 1.0
         self.tpot_factor = 1.0
 
@@ -245,6 +256,8 @@ class ReservationLedger:
         self._zone_mw: dict[str, int] = {}
         self._prefill_pending: set[str] = set()
         self._power_pending: set[str] = set()
+        # endpoint id -> {lease id: predicted first token, s} of its leases whose power is still booked
+        self._power_by_endpoint: dict[str, dict[str, float]] = {}
         # (due time, sequence, kind, lease id, reservation sequence): an event acts only on the reservation
         # it was made for (never on a later lease reusing the id) and keeps no released lease alive. Events
         # of released leases are dropped when they come due, or all at once when they outnumber the live
@@ -341,7 +354,12 @@ class ReservationLedger:
         visible = lease.power_visible_at_s
         if lease.power_mw and (visible is None or visible > self._now_s):
             self._zone_mw[lease.zone] = self._zone_mw.get(lease.zone, 0) + lease.power_mw
+            b.power_mw += lease.power_mw
             self._power_pending.add(lid)
+            pending = self._power_by_endpoint.get(lease.endpoint_id)
+            if pending is None:
+                pending = self._power_by_endpoint[lease.endpoint_id] = {}
+            pending[lid] = lease.prefill_done_at_s
             if visible is not None:
                 self._push(visible, _POWER, lid, booked_as)
         self._push(lease.expires_at_s, _EXPIRY, lid, booked_as)
@@ -366,8 +384,7 @@ class ReservationLedger:
             self._prefill_pending.discard(lease_id)
             b.queued_prefill_tokens -= lease.prefill_tokens
         if lease_id in self._power_pending:
-            self._power_pending.discard(lease_id)
-            self._drop_power(lease.zone, lease.power_mw)
+            self._drop_power(lease)
         return lease
 
     def complete(
@@ -417,12 +434,44 @@ class ReservationLedger:
                     self._bookings[lease.endpoint_id].queued_prefill_tokens -= lease.prefill_tokens
             elif kind == _POWER:
                 if lid in self._power_pending:
-                    self._power_pending.discard(lid)
-                    self._drop_power(lease.zone, lease.power_mw)
+                    self._drop_power(lease)
             elif lease.expires_at_s <= now_s:
                 self.release(lid)
                 expired.append(lease)
         return expired
+
+    def power_shown(self, endpoint_id: str, observed_at_s: float) -> int:
+        """The endpoint reported its draw as sampled at ``observed_at_s``: stop booking the power of its
+        leases whose predicted first token came by then (the sample includes them). Returns the
+        milliwatts released."""
+        pending = self._power_by_endpoint.get(endpoint_id)
+        if not pending:
+            return 0
+        due = [lid for lid, first_token_s in pending.items() if first_token_s <= observed_at_s]
+        released = 0
+        for lid in due:
+            lease = self._leases[lid]
+            released += lease.power_mw
+            self._drop_power(lease)
+        return released
+
+    def sync_power(self, snapshot: FleetSnapshot) -> int:
+        """Apply :meth:`power_shown` for every endpoint holding booked power whose latest report in
+        ``snapshot`` is fresher than some of it (report time: ``min(observed_at_s, received_at_s)``, as
+        the fleet store dates a sample). O(endpoints with booked power). Returns the milliwatts released.
+        """
+        released = 0
+        by_id = snapshot.by_id
+        for endpoint_id in tuple(self._power_by_endpoint):
+            state = by_id.get(endpoint_id)
+            if state is None:
+                continue
+            load = state.load
+            observed, received = load.observed_at_s, load.received_at_s
+            if observed is None or received is None:
+                continue
+            released += self.power_shown(endpoint_id, observed if observed < received else received)
+        return released
 
     # -----------------------------------------------------------------------------------------------------
 
@@ -441,12 +490,21 @@ class ReservationLedger:
         """Time-driven events held (live leases' and not yet dropped released ones'): for tests, metrics."""
         return len(self._events)
 
-    def _drop_power(self, zone: str, mw: int) -> None:
-        left = self._zone_mw[zone] - mw
+    def _drop_power(self, lease: Lease) -> None:
+        """Stop booking a power-pending lease's milliwatts on its zone and endpoint."""
+        lid = lease.lease_id
+        self._power_pending.discard(lid)
+        zone = lease.zone
+        left = self._zone_mw[zone] - lease.power_mw
         if left:
             self._zone_mw[zone] = left
         else:
             del self._zone_mw[zone]
+        self._bookings[lease.endpoint_id].power_mw -= lease.power_mw
+        pending = self._power_by_endpoint[lease.endpoint_id]
+        del pending[lid]
+        if not pending:
+            del self._power_by_endpoint[lease.endpoint_id]
 
     def _corrected(self, factor: float, ratio: float) -> float:
         lo, hi = self._correction_bounds

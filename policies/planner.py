@@ -15,7 +15,8 @@ Parameters
     rate_c      demand of class c, requests/s
     cap[e, c]   SLO-feasible capacity of e for c, with utilisation headroom, requests/s (policies.capacity)
     price_e     USD/h of e while active
-    idle_e      idle power of e while active, W;  dyn_e = max power - idle power, W
+    act_e       power of e while active, W;  dyn_e  load-proportional power on top, W (policies.capacity:
+                act_e = the profile's full power and dyn_e = 0, since an engine with work is busy)
     pcap_z      power cap of zone z, W
     pen_c       penalty per unserved request of c, USD (critical >> standard >> sheddable)
     k           energy price, USD/kWh (0: energy not priced);  κ  churn penalty, USD/h per switched endpoint
@@ -28,14 +29,14 @@ Variables
     chg_e >= 0            |on_e - prev_e| (churn)
 Objective (USD/h)
     minimise   Σ_e price_e on_e                                   price of active endpoints
-             + (k / 1000) Σ_e (idle_e on_e + dyn_e load_e)        energy
+             + (k / 1000) Σ_e (act_e on_e + dyn_e load_e)         energy
              + 3600 Σ_c pen_c u_c                                 unserved requests
              + κ Σ_e chg_e                                        churn against the previous plan
 Constraints
     (demand)     Σ_e x[e, c] + u_c = rate_c                          ∀ c
     (load)       Σ_c x[e, c] / cap[e, c] = load_e                    ∀ e
     (capacity)   load_e <= on_e                                      ∀ e
-    (power)      Σ_{e ∈ E_z} (idle_e on_e + dyn_e load_e) <= pcap_z   ∀ z
+    (power)      Σ_{e ∈ E_z} (act_e on_e + dyn_e load_e) <= pcap_z    ∀ z
     (churn)      chg_e >= on_e - prev_e,  chg_e >= prev_e - on_e      ∀ e
     (reserved)   on_e = 1 for e ∈ E_on with res_e = 1
     (ineligible) on_e = 0 and no x[e, ·] for e ∉ E_on; no x[e, c] for (e, c) ∉ F
@@ -55,7 +56,7 @@ N_t members, R_t of them reserved (0 or N_t), P_t previously active. The solver 
     chg[t] >= 0                    replicas of tier t switched against the previous plan
 
 with the objective and constraints above summed over groups and tiers: (load) per group, (capacity)
-``load[h] <= Σ_{t ∈ h} n[t]``, (power) ``Σ_{h ∈ z} (idle_h Σ_{t ∈ h} n[t] + dyn_h load[h]) <= pcap_z``,
+``load[h] <= Σ_{t ∈ h} n[t]``, (power) ``Σ_{h ∈ z} (act_h Σ_{t ∈ h} n[t] + dyn_h load[h]) <= pcap_z``,
 (churn) ``chg[t] >= ±(n[t] - P_t)``, (reserved) ``n[t] = N_t`` for reserved tiers. This is exact, not a
 heuristic: summing any per-endpoint solution over groups and tiers gives a solution of the same objective
 or lower (the triangle inequality on churn); conversely :func:`_disaggregate` turns a group solution into a
@@ -86,7 +87,7 @@ Solving
 6. Status check before reading any value: OPTIMAL publishes "optimal"; FEASIBLE (time limit hit with an
    incumbent) publishes "feasible" if proven within ``accept_gap_ratio`` of the optimum, else the previous
    plan's content comes back as "timeout_kept_previous", as when no incumbent came in time; anything else
-   (infeasible: the reserved endpoints' idle power exceeds a zone's cap; a solver error) returns the
+   (infeasible: the reserved endpoints' active power exceeds a zone's cap; a solver error) returns the
    previous plan's content as "failed_kept_previous".
 7. Extract: round n[t], remove tolerance-sized excesses (:func:`_feasible`), disaggregate, and recompute
    every published figure from the per-endpoint plan (loads, power per zone, unserved rates, cost).
@@ -460,9 +461,9 @@ def _build(data: _Data, config: PlannerConfig) -> _Model:
     terms: list[mb.Variable] = []
     coefs: list[float] = []
     for t in tiers:
-        # price of active replicas, plus the energy of their idle power
+        # price of active replicas, plus the energy of their active power
         terms.append(n[t.index])
-        coefs.append(t.price_usd_per_hour + usd_per_w_hour * groups[t.group].power.idle_w)
+        coefs.append(t.price_usd_per_hour + usd_per_w_hour * groups[t.group].power.active_w)
         # churn against the previous plan
         terms.append(chg[t.index])
         coefs.append(config.churn_penalty_usd_per_hour)
@@ -470,7 +471,7 @@ def _build(data: _Data, config: PlannerConfig) -> _Model:
         for h in groups:
             # energy of the load-proportional power
             terms.append(load[h.index])
-            coefs.append(usd_per_w_hour * h.power.dynamic_w)
+            coefs.append(usd_per_w_hour * h.power.load_w)
     for ci in data.servable:
         # penalty for unserved requests
         terms.append(u[ci])
@@ -509,7 +510,7 @@ def _build(data: _Data, config: PlannerConfig) -> _Model:
             <= 0.0
         )
 
-    # (power) idle power of active replicas plus load-proportional power stays under each zone's cap.
+    # (power) active replicas' power plus load-proportional power stays under each zone's cap.
     for zone, cap_w in sorted(data.zones.items()):
         zone_groups = [h for h in groups if h.zone == zone]
         if not zone_groups:
@@ -518,7 +519,7 @@ def _build(data: _Data, config: PlannerConfig) -> _Model:
         zone_coefs: list[float] = []
         for h in zone_groups:
             zone_terms += [n[t] for t in h.tiers] + [load[h.index]]
-            zone_coefs += [h.power.idle_w] * len(h.tiers) + [h.power.dynamic_w]
+            zone_coefs += [h.power.active_w] * len(h.tiers) + [h.power.load_w]
         m.add(mb.LinearExpr.weighted_sum(zone_terms, zone_coefs) <= cap_w)
 
     for t in tiers:
@@ -540,7 +541,7 @@ class _Solution:
 def _feasible(sol: _Solution, data: _Data) -> _Solution:
     """A solution meeting every constraint, by lowering counts and scaling flows down where needed.
 
-    Counts are clamped to [R_t, N_t]; a zone whose active replicas' idle power alone exceeds its cap
+    Counts are clamped to [R_t, N_t]; a zone whose active replicas' power alone exceeds its cap
     (possible for a hint built from an old plan, never for a solver's answer) falls back to its reserved
     replicas. Flows are then scaled down: per class to its rate, per group to its active replicas, per
     zone to its power cap. Scaling down only moves traffic to "unserved", so the other constraints keep
@@ -549,7 +550,7 @@ def _feasible(sol: _Solution, data: _Data) -> _Solution:
     n = [min(max(v, t.min_active), t.size) for v, t in zip(sol.n, data.tiers, strict=True)]
     for zone, cap_w in data.zones.items():
         zone_groups = [h for h in data.groups if h.zone == zone]
-        if sum(h.power.idle_w * n[t] for h in zone_groups for t in h.tiers) > cap_w:
+        if sum(h.power.active_w * n[t] for h in zone_groups for t in h.tiers) > cap_w:
             for h in zone_groups:
                 for t in h.tiers:
                     n[t] = data.tiers[t].min_active
@@ -572,8 +573,8 @@ def _feasible(sol: _Solution, data: _Data) -> _Solution:
             scale[h.index] = active[h.index] / load[h.index]
     for zone, cap_w in data.zones.items():
         zone_groups = [h for h in data.groups if h.zone == zone]
-        idle = sum(h.power.idle_w * active[h.index] for h in zone_groups)
-        dyn = sum(h.power.dynamic_w * load[h.index] * scale[h.index] for h in zone_groups)
+        idle = sum(h.power.active_w * active[h.index] for h in zone_groups)
+        dyn = sum(h.power.load_w * load[h.index] * scale[h.index] for h in zone_groups)
         if idle + dyn > cap_w and dyn > 0.0:
             f = max(0.0, (cap_w - idle) / dyn)
             for h in zone_groups:
@@ -608,7 +609,7 @@ def _rounding_dive(
 ) -> tuple[int, ...] | None:
     """Integral counts from the LP relaxation: round every fractional count to the nearest integer, fix
     it, re-solve the LP (the other counts absorb the difference), until no count is fractional. None if a
-    round makes the LP infeasible (a zone's idle power), after ``_DIVE_ROUNDS`` rounds, or when
+    round makes the LP infeasible (a zone's active power), after ``_DIVE_ROUNDS`` rounds, or when
     ``deadline`` (perf_counter time) passes."""
     lo = [float(t.min_active) for t in data.tiers]
     hi = [float(t.size) for t in data.tiers]
@@ -645,9 +646,10 @@ def _objective(sol: _Solution, data: _Data, config: PlannerConfig) -> float:
         served[ci] += v
     total = 0.0
     for t in data.tiers:
-        total += (t.price_usd_per_hour + usd_per_w_hour * data.groups[t.group].power.idle_w) * sol.n[t.index]
+        active_w = data.groups[t.group].power.active_w
+        total += (t.price_usd_per_hour + usd_per_w_hour * active_w) * sol.n[t.index]
         total += config.churn_penalty_usd_per_hour * abs(sol.n[t.index] - t.previously_active)
-    total += sum(usd_per_w_hour * h.power.dynamic_w * load[h.index] for h in data.groups)
+    total += sum(usd_per_w_hour * h.power.load_w * load[h.index] for h in data.groups)
     total += _SECONDS_PER_HOUR * sum(
         data.penalties_usd_per_request[ci] * max(0.0, data.rates[ci] - served[ci]) for ci in data.servable
     )
@@ -666,7 +668,7 @@ def _hint(
     """Hint SCIP with a complete feasible solution, its first incumbent; return its objective (or None).
 
     Two candidates, the better one wins: the previous plan's active replicas per tier (clamped to today's
-    eligible members and reserved minimums; a zone whose idle power alone would exceed its cap falls back
+    eligible members and reserved minimums; a zone whose active power alone would exceed its cap falls back
     to its reserved replicas), and, unless that one's objective is already ``good_enough_usd_per_hour``
     (SCIP would stop at once), counts rounded from the LP relaxation by :func:`_rounding_dive` (while time
     is before ``dive_deadline``), each with today's demand routed over it by GLOP. The previous plan keeps
@@ -716,13 +718,11 @@ def _fleet_cost_usd_per_hour(sm: _Model, solver: mb.Solver, data: _Data, config:
     """Price plus energy of a solution's active replicas: the scale of the optimality tolerances."""
     usd_per_w_hour = config.energy_usd_per_kwh / _W_PER_KW
     tiers = sum(
-        (t.price_usd_per_hour + usd_per_w_hour * data.groups[t.group].power.idle_w)
+        (t.price_usd_per_hour + usd_per_w_hour * data.groups[t.group].power.active_w)
         * solver.value(sm.n[t.index])
         for t in data.tiers
     )
-    return tiers + sum(
-        usd_per_w_hour * h.power.dynamic_w * solver.value(sm.load[h.index]) for h in data.groups
-    )
+    return tiers + sum(usd_per_w_hour * h.power.load_w * solver.value(sm.load[h.index]) for h in data.groups)
 
 
 def _scip_parameters(abs_gap_usd_per_hour: float) -> str:
@@ -829,14 +829,17 @@ def _disaggregate(
 
 
 def _infeasibility(data: _Data) -> str | None:
-    """Why the model has no solution at all, if so: reserved endpoints' idle power over a zone's cap."""
+    """Why the model has no solution at all, if so: reserved endpoints' power over a zone's cap."""
     for zone, cap_w in sorted(data.zones.items()):
         idle = sum(
-            h.power.idle_w * data.tiers[t].min_active for h in data.groups if h.zone == zone for t in h.tiers
+            h.power.active_w * data.tiers[t].min_active
+            for h in data.groups
+            if h.zone == zone
+            for t in h.tiers
         )
         if idle > cap_w:
             return (
-                f"zone {zone}: the reserved endpoints' idle power {idle:.0f} W exceeds its power cap "
+                f"zone {zone}: the reserved endpoints' power {idle:.0f} W (active) exceeds its power cap "
                 f"{cap_w:.0f} W; unreserve endpoints or raise the cap"
             )
     return None

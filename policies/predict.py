@@ -45,8 +45,12 @@ Predictions
 * utilisation: the reported ``utilization_ratio`` if any, else ``in_flight / n_max`` where ``n_max`` is the
   largest batch meeting the request's TPOT target at its class's longest context (memoised per class), at
   most ``max_batch``;
-  the request adds ``1 / n_max``. Power increment: ``power_w(u + 1 / n_max) - power_w(u)``, rounded up to
-  a whole milliwatt so that the ledger adds integers and its totals are exact.
+  the request adds ``1 / n_max``. Power increment, rounded up to a whole milliwatt so that the ledger adds
+  integers and its totals are exact: on an endpoint that reports its draw, ``power_w(1) - reported`` less
+  the milliwatts its live leases already book (an engine with work is busy and may draw its full power;
+  bookings drop as reports show them, :meth:`policies.ledger.ReservationLedger.sync_power`), so a burst
+  onto one endpoint books its full power once, not once per request; on one that does not,
+  ``power_w(u + 1 / n_max) - power_w(u)``.
 """
 
 from __future__ import annotations
@@ -331,7 +335,14 @@ def estimate(
         u_before = min(1.0, reported) if reported is not None else (1.0 if n else 0.0)
         u_after = 1.0
     p_after = float(serving.power_w(u_after))
-    increment_mw = max(0, math.ceil((p_after - float(serving.power_w(u_before))) * 1000.0 - 1e-6))
+    if load.power_w is not None:
+        # The endpoint reports its draw: an engine with work is busy and may draw up to its full power,
+        # so book the gap between the full power and the last report, less what earlier leases on it
+        # already book (they drop out as reports show them).
+        gap_mw = math.ceil((target.full_power_w - load.power_w) * 1000.0 - 1e-6) - booking.power_mw
+        increment_mw = gap_mw if gap_mw > 0 else 0
+    else:
+        increment_mw = max(0, math.ceil((p_after - float(serving.power_w(u_before))) * 1000.0 - 1e-6))
 
     return Estimate(
         ttft_ms,

@@ -17,7 +17,8 @@ Parameters
     rate_c      requests/s of class c to serve
     cap[k, c]   requests/s of class c one instance of k serves within c's SLO, headroom included
     price_k     USD/h of one instance of k
-    idle_k      power of one instance of k switched on and idle, W;  dyn_k = its power at full load - idle_k
+    idle_k      power of one instance of k switched on, W;  dyn_k  its load-proportional power on top, W
+                (``turnout plan`` gives idle_k = full power, dyn_k = 0: a busy engine draws its full power)
     pcap_z      power cap of zone z, W
     N_k         most instances of k worth buying: ceil(Σ_{c: (k, c) ∈ F} rate_c / cap[k, c]) (at N_k
                 instances k could serve every class it can alone; one more only adds price and idle power),
@@ -31,8 +32,11 @@ Objective (lexicographic)
     2. among the fleets of least P, minimise   W = Σ_{z, k} (idle_k n[z, k] + dyn_k load[z, k])   W
        (a second solve with P <= P* as a constraint: equal prices, e.g. one instance of either of two
        configurations, are decided by the power they draw, not by the solver's search order), plus
-       ε Σ_{z, k} z n[z, k] with ε = 1e-6 W: among fleets of equal power, instances go to the zones listed
-       first rather than being spread over interchangeable zones
+       δ Σ_{z, k} load[z, k] with δ = 1e-3 W: among fleets of equal power, the one with the most
+       SLO-feasible capacity to spare (with every instance charged its full power, configurations of one
+       instance type differ only there), plus ε Σ_{z, k} z n[z, k] with ε = 1e-6 W: among fleets of equal
+       power and load, instances go to the zones listed first rather than being spread over
+       interchangeable zones
 Constraints
     (demand)    Σ_{z, k: (k, c) ∈ F} s[z, k, c] = 1                                  ∀ c
     (load)      Σ_{c: (k, c) ∈ F} rate_c s[z, k, c] / cap[k, c] = load[z, k]           ∀ z, k
@@ -40,8 +44,8 @@ Constraints
     (power)     Σ_k (idle_k n[z, k] + dyn_k load[z, k]) <= pcap_z                       ∀ z
 
 Power is counted at the planned load: an instance draws idle_k plus dyn_k times its share of its
-SLO-feasible capacity in use (``policies.capacity``: full load, u = 1, is charged the maximum power although
-the headroom keeps the engine below it, which errs on the safe side of a cap). The capacity constraint is
+SLO-feasible capacity in use (``turnout plan`` charges every instance its full power, as the live planner
+does: ``policies.capacity``). The capacity constraint is
 summed over classes as in the live planner (``policies.planner``): an instance serving two classes splits
 its time between them in proportion to their rates over their capacities.
 
@@ -102,6 +106,7 @@ STATUS_ERROR = "error"
 
 _W_PER_KW = 1000.0
 _ZONE_ORDER_W = 1e-6  # ε of objective 2: prefer the zones listed first among fleets of equal power
+_LOAD_TIE_W = 1e-3  # δ of objective 2: prefer spare capacity among fleets of equal power
 # Capacities below this many requests/s are treated as "cannot serve": their 1/cap coefficients would
 # make the model numerically fragile, and such an instance could not serve one request a day.
 _MIN_CAPACITY_PER_S = 1e-6
@@ -357,10 +362,13 @@ def _build(
     else:
         # 2. W: idle power of every instance plus the load-proportional power, and ε W per instance per
         # zone index (fill the zones listed first) ...
+        # zone index (fill the zones listed first) and, before that, δ W per instance's worth of capacity
+        # in use (of equal fleets, the one with the most SLO-feasible capacity to spare) ...
         zone_order = [_ZONE_ORDER_W * z for z in zones for _ in options]
         m.minimize(
             mb.LinearExpr.weighted_sum(
-                counts + loads, [i + o for i, o in zip(idle, zone_order, strict=True)] + dynamic
+                counts + loads,
+                [i + o for i, o in zip(idle, zone_order, strict=True)] + [d + _LOAD_TIE_W for d in dynamic],
             )
         )
         if price_cap_usd_per_hour is not None:

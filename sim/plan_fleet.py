@@ -16,9 +16,10 @@ A candidate configuration is (model, instance type, TP degree, precision); one i
   are the row's, else the smallest TP degree at which the model fits in memory at the first candidate
   precision the instance runs (what ``--fleet-out`` deploys).
 
-Power of one instance: ``chips x chip_idle_w`` idle and ``chips x chip_tdp_w`` at full load (catalog rows,
-with their sources; Neuron TDPs and idle power are marked estimates there), linear in between
-(``policies.capacity``). Price: the catalog's on-demand price, or an override (``--price`` or the fleet
+Power of one instance: ``chips x chip_tdp_w`` whenever it is on with load (catalog rows, with their
+sources; Neuron TDPs and idle power are marked estimates there): an engine with work is busy and draws its
+full power, as in the router's planner (``policies.capacity``) and the simulator; ``chips x chip_idle_w``
+is what it draws idle. Price: the catalog's on-demand price, or an override (``--price`` or the fleet
 config's ``catalog.overrides``) with its source.
 """
 
@@ -356,9 +357,10 @@ def type_reason(
 
 
 def sizing_problem(
-    workload: Workload, candidates: Sequence[Candidate], zones: Sequence[ZoneSpec]
+    workload: Workload, candidates: Sequence[Candidate], zones: Sequence[ZoneSpec], power_share: float = 1.0
 ) -> SizingProblem:
-    """The sizing model's data (``policies.sizing``) for these candidates and zones."""
+    """The sizing model's data (``policies.sizing``) for these candidates and zones, each zone's cap
+    taken at ``power_share`` of its value (the share the workload's priority may fill)."""
     classes = tuple(
         SizingClass(name=b.name, rate_per_s=workload.rate_of(b)) for b in workload.buckets if b.share > 0
     )
@@ -366,8 +368,9 @@ def sizing_problem(
         SizingOption(
             name=c.name,
             price_usd_per_hour=c.price_usd_per_hour,
-            idle_w=c.idle_w,
-            dynamic_w=max(0.0, c.max_w - c.idle_w),
+            # An instance serving load is busy and draws its full power (module docstring).
+            idle_w=c.max_w,
+            dynamic_w=0.0,
             capacity_per_s={n: cap.requests_per_s for n, cap in c.capacity.items()},
         )
         for c in candidates
@@ -375,7 +378,7 @@ def sizing_problem(
     return SizingProblem(
         classes=classes,
         options=options,
-        zones=tuple(SizingZone(name=z.name, power_cap_w=z.power_cap_w) for z in zones),
+        zones=tuple(SizingZone(name=z.name, power_cap_w=z.power_cap_w * power_share) for z in zones),
     )
 
 

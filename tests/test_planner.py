@@ -247,7 +247,7 @@ def check_plan(inst: Instance, plan: Plan) -> float:
     for eid in plan.active_endpoint_ids:
         spec = snap.by_id[eid].spec
         pl = power_line(inst.profile(spec))
-        zone_power[spec.zone] += pl.idle_w + pl.dynamic_w * load.get(eid, 0.0)
+        zone_power[spec.zone] += pl.active_w + pl.load_w * load.get(eid, 0.0)
         price += spec.price_usd_per_hour
     for z, w in zone_power.items():
         assert w <= snap.zones[z].power_cap_w * (1 + tol) + tol, f"zone {z}: {w} W over its cap"
@@ -281,7 +281,7 @@ def exhaustive_optimum(inst: Instance) -> float:
         for combo in itertools.combinations(free, r):
             on = fixed_on + list(combo)
             ids = frozenset(s.endpoint_id for s in on)
-            fixed = sum(s.price_usd_per_hour + k * power_line(inst.profile(s)).idle_w for s in on)
+            fixed = sum(s.price_usd_per_hour + k * power_line(inst.profile(s)).active_w for s in on)
             fixed += cfg.churn_penalty_usd_per_hour * len(ids ^ prev)
             subsets.append((fixed, on))
     subsets.sort(key=lambda t: t[0])
@@ -314,18 +314,18 @@ def exhaustive_optimum(inst: Instance) -> float:
         feasible = True
         for z, zs in snap.zones.items():
             in_zone = [s for s in on if s.zone == z]
-            idle = sum(power_line(inst.profile(s)).idle_w for s in in_zone)
+            idle = sum(power_line(inst.profile(s)).active_w for s in in_zone)
             if idle > zs.power_cap_w:
                 feasible = False
                 break
-            dyn = [(power_line(inst.profile(s)).dynamic_w, loads[s.endpoint_id]) for s in in_zone]
+            dyn = [(power_line(inst.profile(s)).load_w, loads[s.endpoint_id]) for s in in_zone]
             if dyn:
                 solver.Add(sum(d * ld for d, ld in dyn) <= zs.power_cap_w - idle)
         if not feasible:
             continue
         objective = 3600.0 * sum(inst.penalty(c) * u[c.name] for c in classes)
         if k > 0:
-            objective += sum(k * power_line(inst.profile(s)).dynamic_w * loads[s.endpoint_id] for s in on)
+            objective += sum(k * power_line(inst.profile(s)).load_w * loads[s.endpoint_id] for s in on)
         solver.Minimize(objective)
         assert solver.Solve() == pywraplp.Solver.OPTIMAL
         best = min(best, fixed + solver.Objective().Value())
@@ -373,11 +373,11 @@ def random_instance(seed: int, max_endpoints: int = 8, max_classes: int = 4) -> 
                 max_context_tokens=rng.choice([8192, 131072]),
             )
         )
-    # Caps random, but never below the idle power of the zone's reserved endpoints (that is infeasible,
-    # tested on its own below).
+    # Caps random, but never below the power of the zone's reserved endpoints (always active: that is
+    # infeasible, tested on its own below).
     for z in zones:
         reserved_idle = sum(
-            p.size * hardware[p.hardware].idle_power_w for p in pools if p.zone == z and p.reserved
+            p.size * hardware[p.hardware].max_power_w for p in pools if p.zone == z and p.reserved
         )
         zones[z] = max(zones[z], 1.05 * reserved_idle)
     all_ids = [f"{p.name}-{i:03d}" for p in pools for i in range(p.size)]
@@ -593,7 +593,7 @@ def test_reserved_idle_power_over_a_zone_cap_fails_and_keeps_the_previous_plan()
     assert report.plan.status == "failed_kept_previous"
     assert report.plan.generation == 3
     assert report.plan.active_endpoint_ids == previous.active_endpoint_ids
-    assert "zone z" in report.message and "idle power" in report.message
+    assert "zone z" in report.message and "(active) exceeds" in report.message
 
 
 def _big_instance(endpoints: int, classes: int) -> Instance:
@@ -736,12 +736,10 @@ def test_capacity_is_limited_by_kv_memory() -> None:
     assert cap.binding == "batch"
 
 
-def test_power_line_is_idle_plus_load_proportional() -> None:
+def test_power_line_charges_an_active_endpoint_its_full_power() -> None:
     pl = power_line(LinearProfile(idle_power_w=150.0, max_power_w=650.0))
-    assert pl.power_w(0.0) == 150.0
-    assert pl.power_w(0.5) == pytest.approx(400.0)
-    assert pl.power_w(1.0) == pytest.approx(650.0)
-    assert pl.power_w(2.0) == pytest.approx(650.0)
+    assert pl.active_w == 650.0 and pl.load_w == 0.0
+    assert pl.power_w(0.0) == pl.power_w(0.5) == pl.power_w(2.0) == 650.0
 
 
 # --------------------------------------------------------------------------- with the real performance model

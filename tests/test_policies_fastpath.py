@@ -593,3 +593,35 @@ def test_candidates_per_decision_looks_furthest_below_plan_first() -> None:
 def test_candidates_per_decision_is_validated() -> None:
     with pytest.raises(ValueError, match="candidates_per_decision: must be >= 0"):
         PolicyConfig(candidates_per_decision=-1)
+
+
+def test_a_burst_onto_a_reporting_endpoint_books_its_full_power_once() -> None:
+    """An endpoint that reports its draw is booked up to its full power once: later requests placed
+    before its next report add nothing, and the booking drops when a report shows the requests."""
+    policy = turnout()
+    spec = make_spec("t", price_usd_per_hour=1.0)
+    full_w = serving(spec).max_power_w
+    reported_w = serving(spec).idle_power_w + 10.0
+    base = make_state(spec)
+    state = dataclasses.replace(
+        base, load=dataclasses.replace(base.load, power_w=reported_w, observed_at_s=99.0, received_at_s=99.0)
+    )
+    snapshot = make_snapshot([state], version=1)
+    ledger = ReservationLedger()
+    ledger.expire(100.0)
+    booked = []
+    for i in range(3):
+        d = policy.place(make_request(request_id=f"r{i}"), snapshot, EMPTY_PLAN, ledger, 100.0)
+        assert isinstance(d, Placed)
+        lease = policy.lease_for(d, f"L{i}", 100.0)
+        ledger.reserve(lease)
+        booked.append(lease.power_mw)
+    assert booked[0] == pytest.approx((full_w - reported_w) * 1000.0, abs=1.0)
+    assert booked[1:] == [0, 0]
+    assert ledger.reserved_power_mw("z1") == booked[0]
+    # A report sampled after the predicted first tokens shows them: nothing stays booked.
+    later = dataclasses.replace(
+        state, load=dataclasses.replace(state.load, power_w=full_w, observed_at_s=130.0, received_at_s=130.0)
+    )
+    assert ledger.sync_power(make_snapshot([later], version=2)) == booked[0]
+    assert ledger.reserved_power_mw("z1") == 0

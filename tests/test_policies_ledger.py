@@ -77,10 +77,11 @@ def state(ledger: ReservationLedger) -> tuple[object, ...]:
     return bookings, zones, leases, ledger.placement_count("m-8b")
 
 
-def expected_totals(ledger: ReservationLedger) -> tuple[object, ...]:
-    """The totals recomputed from the live leases and the ledger's clock alone."""
+def expected_totals(ledger: ReservationLedger, shown: frozenset[str] = frozenset()) -> tuple[object, ...]:
+    """The totals recomputed from the live leases and the ledger's clock alone (``shown``: leases whose
+    power an endpoint report has shown)."""
     now = ledger.now_s
-    out: dict[str, list[int]] = {e: [0, 0, 0, 0, 0] for e in ENDPOINTS}
+    out: dict[str, list[int]] = {e: [0, 0, 0, 0, 0, 0] for e in ENDPOINTS}
     zones = dict.fromkeys(ZONES, 0)
     for lz in ledger:
         totals = out[lz.endpoint_id]
@@ -92,20 +93,29 @@ def expected_totals(ledger: ReservationLedger) -> tuple[object, ...]:
             totals[1] += lz.prefill_tokens
         if ledger.is_power_pending(lz.lease_id):
             zones[lz.zone] += lz.power_mw
-        # What is pending follows from time alone:
+            totals[5] += lz.power_mw
+        # What is pending follows from time and reports alone:
         assert ledger.is_prefill_pending(lz.lease_id) == (
             lz.prefill_tokens > 0 and lz.prefill_done_at_s > now
         )
         visible = lz.power_visible_at_s
         assert ledger.is_power_pending(lz.lease_id) == (
-            lz.power_mw > 0 and (visible is None or visible > now)
+            lz.power_mw > 0 and (visible is None or visible > now) and lz.lease_id not in shown
         )
     return tuple((e, *out[e]) for e in ENDPOINTS), tuple(zones.items())
 
 
 def actual_totals(ledger: ReservationLedger) -> tuple[object, ...]:
     bookings = tuple(
-        (e, b.outstanding, b.queued_prefill_tokens, b.kv_tokens, b.output_tokens, b.stall_us_per_step)
+        (
+            e,
+            b.outstanding,
+            b.queued_prefill_tokens,
+            b.kv_tokens,
+            b.output_tokens,
+            b.stall_us_per_step,
+            b.power_mw,
+        )
         for e in ENDPOINTS
         for b in [ledger.booking(e)]
     )
@@ -179,6 +189,47 @@ def test_expire_retires_prefill_then_power_then_lease() -> None:
     assert ledger.booking("e1").outstanding == 0 and ledger.booking("e1").kv_tokens == 0
     assert ledger.lease_for_request("req-a") is None
     assert ledger.release("a") is None  # a Complete after expiry changes nothing
+
+
+def test_power_drops_once_an_endpoint_report_shows_it() -> None:
+    ledger = ReservationLedger()
+    ledger.expire(0.0)
+    ledger.reserve(lease("a", endpoint_id="e1", prefill_done_at_s=1.0, power_mw=5000))
+    ledger.reserve(lease("b", endpoint_id="e1", prefill_done_at_s=3.0, power_mw=2000))
+    ledger.reserve(lease("c", endpoint_id="e2", prefill_done_at_s=1.0, power_mw=700))
+    assert ledger.booking("e1").power_mw == 7000 and ledger.reserved_power_mw("z1") == 7700
+    # A report sampled before a lease's first token does not show it.
+    assert ledger.power_shown("e1", 0.5) == 0
+    # One sampled at 2 s shows "a" (first token at 1 s), not "b" (3 s), and nothing of e2.
+    assert ledger.power_shown("e1", 2.0) == 5000
+    assert ledger.booking("e1").power_mw == 2000 and ledger.reserved_power_mw("z1") == 2700
+    assert not ledger.is_power_pending("a") and ledger.is_power_pending("b")
+    # The lease itself stays booked on its endpoint; releasing it later changes the power by nothing.
+    assert ledger.booking("e1").outstanding == 2
+    ledger.release("a")
+    assert ledger.reserved_power_mw("z1") == 2700
+    # sync_power dates a report by the earlier of sampled and received times, per endpoint.
+    e1 = make_state(make_spec("e1"))
+    e2 = make_state(make_spec("e2"))
+    snap = make_snapshot(
+        [
+            dataclasses.replace(
+                e1, load=dataclasses.replace(e1.load, power_w=900.0, observed_at_s=9.0, received_at_s=2.5)
+            ),
+            e2,  # never reported: keeps its booking
+        ]
+    )
+    assert ledger.sync_power(snap) == 0
+    snap = make_snapshot(
+        [
+            dataclasses.replace(
+                e1, load=dataclasses.replace(e1.load, power_w=900.0, observed_at_s=3.0, received_at_s=3.2)
+            ),
+            e2,
+        ]
+    )
+    assert ledger.sync_power(snap) == 2000
+    assert ledger.reserved_power_mw("z1") == 700 and ledger.booking("e1").power_mw == 0
 
 
 def test_expire_never_goes_back_in_time() -> None:
@@ -276,6 +327,7 @@ op = st.one_of(
     st.tuples(st.just("release"), st.integers(0, 11)),
     st.tuples(st.just("complete"), st.integers(0, 11), st.floats(0.0, 5000.0), st.floats(0.0, 500.0)),
     st.tuples(st.just("expire"), st.floats(0.0, 15.0)),
+    st.tuples(st.just("shown"), st.sampled_from(ENDPOINTS), st.floats(-5.0, 20.0)),  # sample time, relative
 )
 
 
@@ -286,9 +338,23 @@ def test_ledger_invariants_under_any_sequence(ops: list[tuple[object, ...]]) -> 
     now = 0.0
     ledger.expire(now)
     released: set[str] = set()
+    shown: set[str] = set()
     for o in ops:
         kind = o[0]
-        if kind == "reserve":
+        if kind == "shown":
+            _, e, dt = o
+            t = now + dt  # type: ignore[operator]
+            before = ledger.reserved_power_mw("z1") + ledger.reserved_power_mw("z2")
+            due = [
+                x
+                for x in ledger
+                if x.endpoint_id == e and ledger.is_power_pending(x.lease_id) and x.prefill_done_at_s <= t
+            ]
+            assert ledger.power_shown(e, t) == sum(x.power_mw for x in due)  # type: ignore[arg-type]
+            shown.update(x.lease_id for x in due)
+            after = ledger.reserved_power_mw("z1") + ledger.reserved_power_mw("z2")
+            assert before - after == sum(x.power_mw for x in due)
+        elif kind == "reserve":
             _, n, e, z, pre, vis, exp, ptok, kv, mw = o
             lid = f"L{n}"
             if ledger.lease(lid) is not None:
@@ -308,6 +374,7 @@ def test_ledger_invariants_under_any_sequence(ops: list[tuple[object, ...]]) -> 
                 )
             )
             released.discard(lid)
+            shown.discard(lid)
         elif kind in ("release", "complete"):
             lid = f"L{o[1]}"
             before = state(ledger)
@@ -334,6 +401,6 @@ def test_ledger_invariants_under_any_sequence(ops: list[tuple[object, ...]]) -> 
                 assert ledger.lease(x.lease_id) is None
             # Leases expire: none past its expiry survives an expire call.
             assert all(x.expires_at_s > now for x in ledger)
-        assert actual_totals(ledger) == expected_totals(ledger)
+        assert actual_totals(ledger) == expected_totals(ledger, frozenset(shown))
         for z in ZONES:
             assert ledger.reserved_power_mw(z) >= 0

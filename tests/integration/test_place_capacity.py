@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from helpers import ManualClock, Running, metric_value, running_app, small_fleet, status_details, wait_until
@@ -213,3 +214,56 @@ async def test_an_expired_lease_gives_its_power_back() -> None:
         assert served.app.engine.ledger.reserved_power_w("test-az1") == 0
         again = await served.router.Place(request("after-expiry", common_pb2.PRIORITY_CRITICAL))
         assert again.reason == "no_plan"
+
+
+async def test_power_booked_for_a_burst_drops_once_telemetry_shows_it() -> None:
+    """A burst onto an endpoint that reports its draw books the gap to its full power once; a report
+    sampled after the requests' predicted first tokens shows them, and the booking goes."""
+    from router.convert.timestamps import timestamp_from_seconds
+    from turnout.v1 import fleet_pb2
+
+    data = _one_zone_h100(100_000)
+    clock = ManualClock()
+    async with running_app(data, clock=clock) as served:
+        eid = "test-az1/h100-llama8b/0"
+        await served.fleet.ReportTelemetry(
+            iter(
+                [
+                    fleet_pb2.TelemetryReport(
+                        endpoint_id=other,
+                        observed_at=timestamp_from_seconds(clock.now_s),
+                        running_requests=0 if other == eid else 50,
+                        power_watts=200.0 if other == eid else 700.0,
+                        healthy=True,
+                    )
+                    for other in (f"test-az1/h100-llama8b/{i}" for i in range(8))
+                ]
+            )
+        )
+        ledger = served.app.engine.ledger
+        placed = [await served.router.Place(request(f"b{i}")) for i in range(5)]
+        assert {p.chosen.endpoint.endpoint_id for p in placed} == {eid}  # the idle one, least loaded
+        booked_w = ledger.reserved_power_w("test-az1")
+        leases = [ledger.lease_for_request(f"b{i}") for i in range(5)]
+        assert [lease.power_mw for lease in leases[1:] if lease] == [0, 0, 0, 0]  # once, not five times
+        # The gap between one H100's full draw (its 700 W TDP) and the 200 W it reported.
+        assert booked_w == pytest.approx(700.0 - 200.0, abs=1.0)
+        first_token_s = max(clock.now_s + p.chosen.predicted_ttft_ms / 1000.0 for p in placed)
+        clock.advance(first_token_s - clock.now_s + 0.5)
+        await served.fleet.ReportTelemetry(
+            iter(
+                [
+                    fleet_pb2.TelemetryReport(
+                        endpoint_id=eid,
+                        observed_at=timestamp_from_seconds(clock.now_s),
+                        running_requests=5,
+                        power_watts=650.0,
+                        healthy=True,
+                    )
+                ]
+            )
+        )
+        await served.router.Place(request("after-report"))  # a decision syncs the ledger first
+        assert ledger.lease_for_request("b0") is not None  # the leases themselves live on
+        assert ledger.reserved_power_w("test-az1") < booked_w
+        assert all(not ledger.is_power_pending(ledger.lease_for_request(f"b{i}").lease_id) for i in range(5))
