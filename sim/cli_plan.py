@@ -31,7 +31,7 @@ JSON schema (``"schema": "turnout.plan/1"``; fields are only ever added)::
                                 "mean_output_tokens": float, "longest_input_tokens": int,
                                 "longest_output_tokens": int}]},
       "slo": [{"model": str, "priority": str, "ttft_ms": float, "tpot_ms": float}],
-      "headroom_ratio": float,
+      "headroom_ratio": float, "power_share": float,
       "zones": [{"name": str, "region": str, "power_cap_w": float}],
       "plan": PLAN,                                       # the cheapest fleet over every candidate
       "single_type": [{"instance_type": str, ...PLAN}],   # the cheapest fleet of each instance type
@@ -83,6 +83,7 @@ from sim.plan_fleet import (
     type_reason,
 )
 from sim.sizing_inputs import (
+    DEFAULT_RATE_WINDOW_S,
     BucketProfiles,
     InputError,
     Workload,
@@ -128,7 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="plan for this percentile of the trace's per-window request rate (default 95; 100 = peak)",
     )
     parser.add_argument(
-        "--rate-window-s", type=float, default=60.0, metavar="S", help="window of that rate, s (default 60)"
+        "--rate-window-s",
+        type=float,
+        default=DEFAULT_RATE_WINDOW_S,
+        metavar="S",
+        help=f"window of that rate, s (default {DEFAULT_RATE_WINDOW_S:g})",
     )
     parser.add_argument(
         "--fleet",
@@ -238,6 +243,10 @@ class _Inputs:
     profile_paths: tuple[Path, ...]
     measured: BucketProfiles | None
     bounds: BucketBounds
+    # Share of each zone's cap the workload's lowest priority may fill (the router's shed filter,
+    # placement.shedding): the fleet is sized within it, or the router would refuse the work it was
+    # sized for.
+    power_share: float = 1.0
 
 
 def _inputs(args: argparse.Namespace) -> _Inputs:
@@ -368,6 +377,10 @@ def _inputs(args: argparse.Namespace) -> _Inputs:
         slo_defaults=config.slo.defaults,
         zones=zones,
         headroom_ratio=headroom,
+        power_share=min(
+            (config.planning.placement.shedding.of(b.priority) for b in workload.buckets if b.share > 0),
+            default=1.0,
+        ),
         catalog_overrides={k: dict(v) for k, v in overrides.items()},
         extra_models=config.models,
         profile_paths=config.profiles,
@@ -404,7 +417,7 @@ def _solve(inputs: _Inputs, time_limit_s: float) -> _Solved:
     cands = inputs.candidates
     t0 = time.perf_counter()
     if cands.candidates:
-        problem = sizing_problem(inputs.workload, cands.candidates, inputs.zones)
+        problem = sizing_problem(inputs.workload, cands.candidates, inputs.zones, inputs.power_share)
         plan = _explained(size_fleet(problem, time_limit_s=time_limit_s), cands.candidates, inputs)
     else:
         why = "; ".join(f"{t}: {reason}" for t, reason in cands.excluded.items())
@@ -416,7 +429,7 @@ def _solve(inputs: _Inputs, time_limit_s: float) -> _Solved:
         if not own:
             single.append((itype, _no_candidates(inputs, cands.excluded.get(itype, "no configuration"))))
             continue
-        problem = sizing_problem(inputs.workload, own, inputs.zones)
+        problem = sizing_problem(inputs.workload, own, inputs.zones, inputs.power_share)
         single.append((itype, _explained(size_fleet(problem, time_limit_s=time_limit_s), own, inputs)))
     t2 = time.perf_counter()
     return _Solved(plan=plan, single=tuple(single), solve_seconds=t1 - t0, single_seconds=t2 - t1)
@@ -529,6 +542,7 @@ def _json(inputs: _Inputs, solved: _Solved, prepare_s: float, total_s: float) ->
             for m, p in slo_rows
         ],
         "headroom_ratio": inputs.headroom_ratio,
+        "power_share": inputs.power_share,
         "zones": [{"name": z.name, "region": z.region, "power_cap_w": z.power_cap_w} for z in inputs.zones],
         "plan": _plan_data(solved.plan, inputs),
         "single_type": [{"instance_type": t, **_plan_data(r, inputs)} for t, r in solved.single],
@@ -599,7 +613,9 @@ def _text(inputs: _Inputs, solved: _Solved, prepare_s: float, total_s: float) ->
         for m, p in slos
     )
     lines.append(f"SLO: {slo_text}; capacity filled to {inputs.headroom_ratio:g} of SLO-feasible")
-    lines.append("Power caps: " + ", ".join(f"{z.name} {z.power_cap_w / 1000:.1f} kW" for z in inputs.zones))
+    share = f" (sized within {inputs.power_share:.0%} of each: the share its priority may fill)"
+    caps = ", ".join(f"{z.name} {z.power_cap_w / 1000:.1f} kW" for z in inputs.zones)
+    lines.append("Power caps: " + caps + (share if inputs.power_share < 1.0 else ""))
     lines.append("")
     by_name = {c.name: c for c in inputs.candidates.candidates}
     plan = solved.plan

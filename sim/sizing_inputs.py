@@ -62,6 +62,7 @@ from policies.demand import BucketBounds
 from sim.traces import Trace
 
 __all__ = [
+    "DEFAULT_RATE_WINDOW_S",
     "BucketProfileRow",
     "BucketProfiles",
     "InputError",
@@ -73,6 +74,12 @@ __all__ = [
 ]
 
 SHARE_SUM_TOLERANCE = 0.001
+DEFAULT_RATE_WINDOW_S = 10.0
+"""Window of the per-window request rates a trace is planned for. A burst longer than a few TTFT targets
+cannot be absorbed by queueing (at 2 s TTFT, a rate 35 % over capacity for 6 s already misses it), so the
+rate that matters is the one over a few seconds, not over a minute: with 60 s windows the fleets sized for
+the conversation trace at 60x (one window covering its 58 s) missed 5-7 % of requests in its busier
+5-10 s stretches; with 10 s windows they meet the SLO for 99.8 %."""
 
 PROFILE_REQUIRED = ("instance_type", "input_min", "input_max", "output_min", "output_max", "max_rps")
 PROFILE_OPTIONAL = ("source", "model", "tp_degree", "precision")
@@ -455,7 +462,7 @@ def workload_from_trace(
     grid: Sequence[tuple[int, int, int, int]] | None = None,
     grid_source: str = "",
     rate_percentile: float = 95.0,
-    window_s: float = 60.0,
+    window_s: float = DEFAULT_RATE_WINDOW_S,
 ) -> Workload:
     """The workload of a trace (module docstring): buckets from ``bounds`` (the policy's length buckets) or
     from ``grid`` (the (input_min, input_max, output_min, output_max) ranges of a measured profile, which

@@ -45,9 +45,13 @@ def test_json_schema_and_figures_are_consistent(example_plan: dict[str, Any]) ->
     d = example_plan
     assert d["schema"] == "turnout.plan/1"
     assert set(d) == {
-        "schema", "workload", "slo", "headroom_ratio", "zones", "plan", "single_type", "candidates",
-        "excluded", "seconds",
+        "schema", "workload", "slo", "headroom_ratio", "power_share", "zones", "plan", "single_type",
+        "candidates", "excluded", "seconds",
     }  # fmt: skip
+    # The example's standard traffic may fill 90 % of a zone's cap (placement.shedding): sized within it.
+    assert d["power_share"] == pytest.approx(0.9)
+    for z in d["zones"]:
+        assert d["plan"]["power_w"].get(z["name"], 0.0) <= 0.9 * z["power_cap_w"] + 1e-6
     plan = d["plan"]
     assert plan["status"] == "optimal"
     assert set(plan) == {
@@ -208,7 +212,7 @@ def test_trace_input_plans_for_a_high_percentile_rate(capsys: pytest.CaptureFixt
     w = d["workload"]
     assert w["requests"] == 8819
     assert w["mean_rate_per_s"] < w["rate_per_s"] <= w["peak_rate_per_s"]
-    assert w["rate_basis"].startswith("p95 of the request rate per 60 s window")
+    assert w["rate_basis"].startswith("p95 of the request rate per 10 s window")
     assert sum(b["share"] for b in w["buckets"]) == pytest.approx(1.0)
 
 

@@ -59,7 +59,20 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[
     fleet_path = tmp / "planned.yaml"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["plan", "--trace", str(trace_path), "--fleet-out", str(fleet_path), "--json"])
+        # 60 s windows (two over the cut trace): sized for its busier minute, with no margin for bursts
+        # of a few seconds, so that one instance fewer shows the plan is not merely generous.
+        code = main(
+            [
+                "plan",
+                "--trace",
+                str(trace_path),
+                "--rate-window-s",
+                "60",
+                "--fleet-out",
+                str(fleet_path),
+                "--json",
+            ]
+        )
     assert code == 0
     plan: dict[str, object] = json.loads(out.getvalue())["plan"]
     return trace_path, fleet_path, plan
