@@ -5,9 +5,10 @@ default fleet with every pool and power cap x3 and short leases), waits for its 
 Router servicer's decision path (conversion, validation, the policy, the lease, metrics, encoding of the
 answer) directly on ``PlaceRequest`` messages shaped like the k6 scripts' (3:1 llama-3.1-8b:70b, prompts of
 200-4,000 tokens, 256-1,024 output tokens, mixed priorities). Every placement is completed after
-``--in-flight`` later requests, so the ledger holds a steady number of leases. Prints the CPU time of the
-calling thread per call (median and spread over ``--runs``), for ``candidates_per_decision`` as configured
-(12) and 0 (rank every feasible endpoint), and the share of refusals; then how that splits between the
+``--in-flight`` later requests, so the ledger holds a steady number of leases (fewer when leases expire
+first: they live 1-2 s; the median number held is printed). Prints the CPU time of the calling thread per
+call (median and spread over ``--runs``), for ``candidates_per_decision`` as configured (12) and 0 (rank
+every feasible endpoint), and the share of refusals; then how that splits between the
 decision itself (``PlacementEngine.place``: the policy, the lease booking, the planner's demand estimate)
 and the rest (conversion, validation, metrics, encoding of the answer). ``--stream`` writes each answer
 into a ``PlaceResult`` as ``PlaceStream`` does, instead of a ``Placement`` as ``Place`` does.
@@ -79,6 +80,7 @@ class RunResult:
     cpu_s_per_call: float
     engine_s_per_call: float  # of which in PlacementEngine.place
     refused_share: float
+    live_leases: float  # median number of live leases in the ledger
 
 
 async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunResult:
@@ -121,10 +123,11 @@ async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunRe
         msgs = requests(args.requests, seed)
         live: deque[str] = deque()
         refused = 0
+        held: list[int] = []
         gc.collect()
         gc.freeze()
         started = time.thread_time()
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             try:
                 if args.stream:
                     result = router_pb2.PlaceResult(request_id=msg.request_id)
@@ -137,10 +140,12 @@ async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunRe
                 live.append(lease_id)
                 if len(live) > args.in_flight:
                     engine.ledger.release(live.popleft())
+            if i % 100 == 0:
+                held.append(len(engine.ledger))
         cpu_s = time.thread_time() - started
         gc.unfreeze()
         n = len(msgs)
-        return RunResult(cpu_s / n, engine_s / n, refused / n)
+        return RunResult(cpu_s / n, engine_s / n, refused / n, statistics.median(held))
     finally:
         await app.stop()
 
@@ -169,12 +174,14 @@ def main() -> int:
         engine_us = [1e6 * r.engine_s_per_call for r in runs]
         rest_us = [a - b for a, b in zip(per_call_us, engine_us, strict=True)]
         refused = statistics.median(r.refused_share for r in runs)
+        leases = statistics.median(r.live_leases for r in runs)
         label = f"candidates_per_decision={candidates}" + (
             " (every feasible endpoint)" if not candidates else ""
         )
         print(
             f"  {label}: CPU per Place median {statistics.median(per_call_us):.0f} us "
-            f"(min {min(per_call_us):.0f}, max {max(per_call_us):.0f}); refused {refused:.1%}\n"
+            f"(min {min(per_call_us):.0f}, max {max(per_call_us):.0f}); refused {refused:.1%}; "
+            f"{leases:.0f} live leases (median)\n"
             f"    of which PlacementEngine.place (policy, lease, demand) {statistics.median(engine_us):.0f} "
             f"us (min {min(engine_us):.0f}, max {max(engine_us):.0f}); conversion, validation, metrics and "
             f"encoding {statistics.median(rest_us):.0f} us (min {min(rest_us):.0f}, max {max(rest_us):.0f})"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -395,9 +396,7 @@ class PolicyCore:
             r = _ELIGIBLE.filter(ctx, t)
             if r is not None:
                 all_rejected.append((t, r))
-        counts: dict[RejectReason, int] = {}
-        for _, r in all_rejected:
-            counts[r.reason] = counts.get(r.reason, 0) + 1
+        counts = Counter(r.reason for _, r in all_rejected)
         req = ctx.request
         if not all_rejected:  # not reachable with a non-empty index; kept total for safety
             binding_reason, detail = RejectReason.NOT_ELIGIBLE, f"no endpoint serves {req.model}"
@@ -453,7 +452,7 @@ class PolicyCore:
             return self.config.retry.ineligible_s
         if reason in (RejectReason.CONTEXT, RejectReason.NOT_ALLOWED, RejectReason.NOT_SERVING_MODEL):
             return math.inf
-        p = ctx.estimate(target)
+        p = ctx.latency(target)
         if reason is RejectReason.SLO_TTFT:
             if p.queued_prefill_tokens == 0:
                 return math.inf

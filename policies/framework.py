@@ -6,9 +6,10 @@ at a time passed in. A :class:`Profile` runs
     builtin filters -> configured filters -> weighted scorers -> picker -> ranked candidates
 
 * **Filter** (:class:`Filter`): ``filter(ctx, target) -> Rejection | None``. ``None`` keeps the endpoint;
-  a :class:`Rejection` drops it with a typed :class:`RejectReason` and a human detail. Filters run in
-  order; an endpoint is dropped by the first filter that rejects it. ``skip(ctx)`` lets a filter say it
-  cannot reject anything for this request (e.g. no allowed-kind constraint), saving its per-endpoint calls.
+  a :class:`Rejection` drops it with a typed :class:`RejectReason` and a human detail (which may be
+  formatted lazily, only if read). Filters run in order; an endpoint is dropped by the first filter that
+  rejects it. ``skip(ctx)`` lets a filter say it cannot reject anything for this request (e.g. no
+  allowed-kind constraint), saving its per-endpoint calls.
 * **Scorer** (:class:`Scorer`): ``score(ctx, targets) -> scores``, one score per surviving endpoint,
   higher is better, meant to lie in [0, 1]. The framework clamps every score into [0, 1] (NaN counts 0)
   and combines them as ``sum(w_i * s_i) / sum(w_i)`` with the weights of the profile's configuration,
@@ -25,25 +26,34 @@ ever given endpoints serving the request's model (the policy's per-snapshot inde
 
 Contracts for plugins: pure and deterministic in ``(ctx, targets)``; no I/O, no clock, no mutation of
 anything but their own return value; O(1) per endpoint for filters. Predicted figures come from
-``ctx.estimate(target)`` (computed once per endpoint per decision and shared by all plugins); the full
-:class:`~policies.predict.Prediction` (with energy) is built only for the ranked candidates.
+``ctx.estimate(target)`` (computed once per endpoint per decision and shared by all plugins); a plugin
+that needs only the TTFT and TPOT figures reads ``ctx.latency(target)``, which leaves the costs and power
+uncomputed for an endpoint that misses the request's SLO (the latency filter does: under load most
+endpoints a decision passes over are dropped there). The full :class:`~policies.predict.Prediction` (with
+energy) is built only for the ranked candidates.
 If a clock is given to the context, the framework records the seconds each plugin spent (per plugin name,
 summed over the decision) in ``ctx.timings``.
+
+What a decision costs grows with the endpoints it examines: with ``enough`` (:meth:`Profile.run`) filtering
+stops at the first ``enough`` endpoints that pass every filter, so a busy fleet, where more endpoints are
+dropped on the way, costs more per decision, and a refusal examines every endpoint. Dropping an endpoint
+is therefore kept cheap: latency figures only, and rejection details formatted only when a refusal reads
+them.
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from fleet.types import EndpointState, FleetSnapshot
 from policies.config import PolicyConfig
 from policies.ledger import LedgerView
-from policies.predict import Estimate, Prediction, Target, estimate, prediction_of
+from policies.predict import Estimate, Estimator, LatencyEstimate, Prediction, Target, prediction_of
 from policies.types import PlacementRequest, Plan, TrafficClass
 
 __all__ = [
@@ -84,16 +94,44 @@ class RejectReason(enum.Enum):
 _REASON_RANK = {r: i for i, r in enumerate(RejectReason)}
 
 
-@dataclass(frozen=True, slots=True)
 class Rejection:
-    reason: RejectReason
-    detail: str
-    plugin: str = ""
+    """Why ``plugin`` dropped an endpoint: a typed ``reason`` and a human ``detail``; never changed.
+
+    ``detail`` may be given as a function of no arguments returning the text: it is then formatted only
+    when read (a refusal's message reads one). Filters that drop more endpoints the busier the fleet is
+    (capacity, latency, power, shed) give one, so that the endpoints passed over on the way to a
+    placement cost no string formatting.
+    """
+
+    __slots__ = ("_detail", "plugin", "reason")
+
+    def __init__(self, reason: RejectReason, detail: str | Callable[[], str], plugin: str = "") -> None:
+        self.reason = reason
+        self._detail = detail
+        self.plugin = plugin
+
+    @property
+    def detail(self) -> str:
+        d = self._detail
+        if not isinstance(d, str):
+            d = self._detail = d()
+        return d
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rejection):
+            return NotImplemented
+        return (self.reason, self.detail, self.plugin) == (other.reason, other.detail, other.plugin)
+
+    def __hash__(self) -> int:
+        return hash((self.reason, self.detail, self.plugin))
+
+    def __repr__(self) -> str:
+        return f"Rejection(reason={self.reason!r}, detail={self.detail!r}, plugin={self.plugin!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A ranked endpoint with its predictions; ``score`` is the profile's combined score in [0, 1]."""
+class Candidate(NamedTuple):
+    """A ranked endpoint with its predictions; ``score`` is the profile's combined score in [0, 1].
+    An immutable tuple (built for every ranked endpoint of every decision)."""
 
     endpoint: EndpointState
     prediction: Prediction
@@ -105,16 +143,17 @@ class Candidate:
 
 
 class CycleContext:
-    """Everything one decision reads, plus its scratch memo of predictions. Lives for one decision.
+    """Everything one decision reads, plus its scratch memo of predictions (per endpoint, and per serving
+    profile in its :class:`~policies.predict.Estimator`). Lives for one decision.
 
     ``planned_share``: the plan's share of the request's class per endpoint id, normalised to sum to 1
     over the class's planned endpoints (empty when no fresh plan is followed).
     """
 
     __slots__ = (
-        "_batch_limit",
         "_estimates",
-        "_own_prefill_ms",
+        "_estimator",
+        "_late",
         "clock",
         "config",
         "ledger",
@@ -152,24 +191,33 @@ class CycleContext:
         self.clock = clock
         self.timings: dict[str, float] = {}
         self._estimates: dict[str, Estimate] = {}
-        self._own_prefill_ms: dict[int, float] = {}
-        self._batch_limit = batch_limit
+        self._late: dict[str, LatencyEstimate] = {}  # latency figures of endpoints that miss the SLO
+        self._estimator = Estimator(request, traffic_class, config, batch_limit)
 
     def estimate(self, target: Target) -> Estimate:
         """The request's figures on ``target`` for filters and scorers (computed once per decision)."""
         e = self._estimates.get(target.endpoint_id)
         if e is None:
-            e = estimate(
-                self.request,
-                self.traffic_class,
-                target,
-                self.ledger.booking(target.endpoint_id),
-                self.config,
-                self._own_prefill_ms,
-                self._batch_limit,
-            )
+            e = self._estimator.estimate(target, self.ledger.booking(target.endpoint_id))
             self._estimates[target.endpoint_id] = e
         return e
+
+    def latency(self, target: Target) -> Estimate | LatencyEstimate:
+        """The request's TTFT and TPOT figures on ``target``, as in :meth:`estimate` (what the latency
+        filter and refusals read). For an endpoint that misses the request's SLO nothing more is computed
+        unless a plugin asks for its whole estimate."""
+        e = self._estimates.get(target.endpoint_id)
+        if e is not None:
+            return e
+        late = self._late.get(target.endpoint_id)
+        if late is not None:
+            return late
+        figures = self._estimator.estimate(target, self.ledger.booking(target.endpoint_id), True)
+        if isinstance(figures, LatencyEstimate):
+            self._late[target.endpoint_id] = figures
+        else:
+            self._estimates[target.endpoint_id] = figures
+        return figures
 
     def prediction(self, target: Target) -> Prediction:
         """The full prediction on ``target`` (with energy), as answered for ranked candidates."""
@@ -227,14 +275,6 @@ def builtin_filters() -> tuple[Filter, ...]:
     return (EligibleFilter(), AllowedFilter())
 
 
-def clamp_score(s: float) -> float:
-    if s >= 1.0:
-        return 1.0
-    if s >= 0.0:
-        return s
-    return 0.0  # negative or NaN
-
-
 class Profile:
     """A scheduling profile: builtin and configured filters, weighted scorers, a picker.
 
@@ -263,13 +303,14 @@ class Profile:
         self.weight_total = sum(w for _, w in scorers)
 
     def run(
-        self, ctx: CycleContext, targets: Sequence[Target], k: int, *, enough: int | None = None
+        self, ctx: CycleContext, targets: Iterable[Target], k: int, *, enough: int | None = None
     ) -> ProfileResult:
         """Filter, score and pick among ``targets``; at most ``k`` ranked candidates.
 
         With ``enough``, endpoints are examined one at a time in the given order and filtering stops once
         ``enough`` have passed every filter: the ranking is then among those only (used to find fallbacks
-        without evaluating every endpoint).
+        without evaluating every endpoint). ``targets`` may then be a lazy iterable: the endpoints after
+        the last one examined are never produced.
         """
         clock = ctx.clock
         survivors, rejected = (
@@ -288,8 +329,11 @@ class Profile:
                     raise RuntimeError(
                         f"scorer {scorer.name!r} returned {len(scores)} scores for {n} endpoints"
                     )
-                for i, s in enumerate(scores):
-                    totals[i] += weight * clamp_score(s)
+                # weight x the score clamped into [0, 1]: above 1 counts 1, negative or NaN counts 0
+                totals = [
+                    t + weight * (1.0 if s >= 1.0 else s if s >= 0.0 else 0.0)
+                    for t, s in zip(totals, scores, strict=True)
+                ]
                 if clock is not None:
                     ctx.add_time(scorer.name, clock() - t0)
             inv = 1.0 / self.weight_total
@@ -299,13 +343,17 @@ class Profile:
         picked = self.picker.pick(ctx, survivors, totals, k)
         if clock is not None:
             ctx.add_time(self.picker.name, clock() - t0)
-        if len(set(picked)) != len(picked) or len(picked) > k or any(not 0 <= i < n for i in picked):
+        if (
+            len(picked) > k
+            or len(set(picked)) != len(picked)
+            or (picked and not 0 <= min(picked) <= max(picked) < n)
+        ):
             raise RuntimeError(f"picker {self.picker.name!r} returned invalid indices {list(picked)} for {n}")
         ranked = tuple(Candidate(survivors[i].state, ctx.prediction(survivors[i]), totals[i]) for i in picked)
         return ProfileResult(ranked=ranked, rejected=tuple(rejected), feasible=n)
 
     def _filter_all(
-        self, ctx: CycleContext, targets: Sequence[Target]
+        self, ctx: CycleContext, targets: Iterable[Target]
     ) -> tuple[list[Target], list[tuple[Target, Rejection]]]:
         """Each filter over every endpoint still in, filter by filter (one timing per plugin)."""
         clock = ctx.clock
@@ -330,7 +378,7 @@ class Profile:
         return survivors, rejected
 
     def _filter_until(
-        self, ctx: CycleContext, targets: Sequence[Target], enough: int
+        self, ctx: CycleContext, targets: Iterable[Target], enough: int
     ) -> tuple[list[Target], list[tuple[Target, Rejection]]]:
         """Every filter on one endpoint at a time, until ``enough`` endpoints passed them all."""
         clock = ctx.clock
@@ -339,12 +387,37 @@ class Profile:
         rejected: list[tuple[Target, Rejection]] = []
         if enough <= 0:
             return survivors, rejected
+        if clock is not None:
+            return self._filter_until_timed(ctx, targets, enough, active, clock)
+        checks = [f.filter for f in active]
+        for t in targets:
+            for check in checks:
+                r = check(ctx, t)
+                if r is not None:
+                    rejected.append((t, r))
+                    break
+            else:
+                survivors.append(t)
+                if len(survivors) >= enough:
+                    break
+        return survivors, rejected
+
+    @staticmethod
+    def _filter_until_timed(
+        ctx: CycleContext,
+        targets: Iterable[Target],
+        enough: int,
+        active: Sequence[Filter],
+        clock: Callable[[], float],
+    ) -> tuple[list[Target], list[tuple[Target, Rejection]]]:
+        """:meth:`_filter_until` recording each plugin's time."""
+        survivors: list[Target] = []
+        rejected: list[tuple[Target, Rejection]] = []
         for t in targets:
             for f in active:
-                t0 = clock() if clock is not None else 0.0
+                t0 = clock()
                 r = f.filter(ctx, t)
-                if clock is not None:
-                    ctx.add_time(f.name, clock() - t0)
+                ctx.add_time(f.name, clock() - t0)
                 if r is not None:
                     rejected.append((t, r))
                     break

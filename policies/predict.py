@@ -51,14 +51,23 @@ Predictions
   bookings drop as reports show them, :meth:`policies.ledger.ReservationLedger.sync_power`), so a burst
   onto one endpoint books its full power once, not once per request; on one that does not,
   ``power_w(u + 1 / n_max) - power_w(u)``.
+
+Computation
+-----------
+A decision computes these figures for many endpoints with one :class:`Estimator`: what depends on the
+request alone is worked out once, and what depends on the request and the serving profile (its prefill on
+an idle endpoint, ``n_max``, decode steps by batch size) once per profile, so that endpoints of the same
+silicon share it (serving profiles are pure). An :class:`Estimate` holds the figures filters and scorers
+read; an endpoint that misses the request's SLO may get its latency figures alone
+(:class:`LatencyEstimate`), and the full :class:`Prediction`, with energy, is built for ranked candidates
+only. Each step computes exactly what the formulas above give, in the same order of operations.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import MutableMapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 from fleet.types import EndpointSpec, EndpointState, ServingProfile, ZoneSpec
 from policies.cost import egress_cost_usd, request_cost_usd, request_energy_joules
@@ -70,9 +79,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Estimate",
+    "Estimator",
+    "LatencyEstimate",
     "Prediction",
     "Target",
-    "estimate",
     "in_flight",
     "kv_used_tokens",
     "predict",
@@ -161,13 +171,25 @@ class Estimate(NamedTuple):
     capacity_cost_usd_per_million_tokens: float
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class LatencyEstimate(NamedTuple):
+    """The latency figures of an :class:`Estimate` alone: what :meth:`Estimator.estimate` answers with
+    ``latency_only`` for an endpoint that misses the request's TTFT or TPOT target."""
+
+    ttft_ms: float
+    tpot_ms: float
+    decode_batch: int
+    queued_prefill_tokens: int
+
+
+class Prediction(NamedTuple):
     """What the policies expect if the request runs on an endpoint now (see the module docstring).
 
     ``cost_usd = input_cost_usd + output_cost_usd + egress_cost_usd``; ``profile_*`` are the serving
     profile's figures before the learned corrections and without network latency (what a completion's
     observation corrects). ``utilization_ratio`` is the endpoint's with this request added.
+
+    An immutable tuple, like :class:`Estimate`: one is built for every ranked candidate of every decision,
+    and a tuple is several times cheaper to build than a frozen dataclass.
     """
 
     ttft_ms: float
@@ -236,135 +258,218 @@ def kv_used_tokens(target: Target, booking: Booking) -> int:
     return booking.kv_tokens if booking.kv_tokens > reported else reported
 
 
-def estimate(
-    request: PlacementRequest,
-    traffic_class: TrafficClass,
-    target: Target,
-    booking: Booking,
-    config: PolicyConfig,
-    own_prefill_ms: MutableMapping[int, float],
-    batch_limit: MutableMapping[tuple[int, float, int, int], int],
-) -> Estimate:
-    """The figures for ``request`` on ``target`` (module docstring).
+class _ProfileTerms:
+    """What one decision memoises per serving profile: the request's prefill on an idle endpoint, the
+    class's SLO-feasible batch (uncapped by the endpoint's own limit) and decode steps by batch size."""
 
-    ``own_prefill_ms`` memoises the idle-endpoint TTFT per serving profile for this request;
-    ``batch_limit`` memoises ``max_batch_for_tpot`` per (profile, TPOT target, class) across requests.
-    Both are keyed by ``id(profile)``: the caller keeps the profiles alive while the memo lives.
+    __slots__ = ("n_max", "own_prefill_ms", "step_ms")
+
+    def __init__(self, own_prefill_ms: float, n_max: int) -> None:
+        self.own_prefill_ms = own_prefill_ms
+        self.n_max = n_max
+        self.step_ms: dict[int, float] = {}  # batch -> tpot_ms(batch, the request's mean context)
+
+
+class Estimator:
+    """The figures of one request on any endpoint (:meth:`estimate`, module docstring). Built once per
+    decision: it holds what depends on the request alone (token counts, SLO, class, data region, egress
+    price) and memoises per serving profile what depends on the request and the profile only (its
+    prefill on an idle endpoint, the class's SLO-feasible batch, decode steps by batch size), so that
+    endpoints of the same silicon share that work. Serving profiles are pure (:class:`ServingProfile`).
+
+    ``batch_limit`` memoises ``max_batch_for_tpot`` per (profile, TPOT target, class) across requests,
+    keyed by ``id(profile)``: the caller keeps the profiles alive while the memo lives.
     """
-    serving = target.serving
-    load = target.state.load
-    live = load.running_requests + load.waiting_requests
-    n = booking.outstanding if booking.outstanding > live else live
-    queued = booking.queued_prefill_tokens
-    waiting_tokens = load.waiting_requests * config.waiting_request_prefill_tokens
-    if waiting_tokens > queued:
-        queued = waiting_tokens
 
-    pid = id(serving)
-    own_ms = own_prefill_ms.get(pid)
-    if own_ms is None:
-        own_ms = float(serving.ttft_ms(request.input_tokens, 0))
-        own_prefill_ms[pid] = own_ms
-    max_batch = target.max_batch
-    batch = n + 1 if n < max_batch else max_batch
-    output_tokens = request.expected_output_tokens
-    step_ms = float(serving.tpot_ms(batch, request.input_tokens + output_tokens // 2))
-
-    profile_ttft_ms = own_ms if queued == 0 else float(serving.ttft_ms(request.input_tokens, queued))
-    if n:
-        profile_ttft_ms += 0.5 * step_ms  # the decode step in progress at arrival, half done on average
-    if n >= max_batch:
-        # A full batch: wait for n + 1 - max_batch sequences to finish. A full batch of sequences that
-        # live O steps on average finishes max_batch / O of them per step.
-        booked = booking.outstanding
-        mean_output = booking.output_tokens / booked if booked else float(output_tokens)
-        profile_ttft_ms += (n + 1 - max_batch) * (mean_output / max_batch) * step_ms
-    data_region = request.data_region
-    crosses = bool(data_region) and data_region != target.region
-    network_ms = config.gravity.latency_ms(data_region, target.region) if crosses else 0.0
-    ttft_factor = booking.ttft_factor
-    ttft_ms = profile_ttft_ms * ttft_factor + network_ms
-
-    prefill_ms = own_ms * ttft_factor
-    stall_ms = 0.0
-    if n:
-        booked = booking.outstanding
-        stall_ms = booking.stall_us_per_step / 1000.0
-        if n > booked:
-            per_sequence_ms = stall_ms / booked if booked else prefill_ms / max(1, output_tokens)
-            stall_ms += (n - booked) * per_sequence_ms
-    profile_tpot_ms = step_ms + stall_ms
-    tpot_factor = booking.tpot_factor
-    tpot_ms = profile_tpot_ms * tpot_factor
-    decode_step_ms = step_ms * tpot_factor
-
-    prefill_s = prefill_ms / 1000.0
-    input_usd, output_usd = request_cost_usd(
-        target.price_usd_per_s, prefill_s, output_tokens, decode_step_ms / 1000.0, batch
+    __slots__ = (
+        "_batch_limit",
+        "_by_profile",
+        "_network_ms",
+        "class_key",
+        "context_tokens",
+        "data_region",
+        "egress_usd",
+        "gravity",
+        "input_tokens",
+        "longest_context",
+        "output_tokens",
+        "slo_tpot_ms",
+        "slo_ttft_ms",
+        "tokens",
+        "waiting_request_prefill_tokens",
     )
-    tokens = request.input_tokens + output_tokens
-    egress_usd = (
-        egress_cost_usd(config.gravity.egress_usd_per_gb, tokens, config.gravity.bytes_per_token)
-        if crosses
-        else 0.0
-    )
-    cost_usd = input_usd + output_usd + egress_usd
 
-    key = (pid, request.slo.tpot_ms, traffic_class.input_bucket_tokens, traffic_class.output_bucket_tokens)
-    n_max = batch_limit.get(key)
-    if n_max is None:
-        longest_context = traffic_class.input_bucket_tokens + traffic_class.output_bucket_tokens // 2
-        n_max = max(0, int(serving.max_batch_for_tpot(request.slo.tpot_ms, longest_context)))
-        batch_limit[key] = n_max
-    if n_max > max_batch:
-        n_max = max_batch
-    full = n_max if n_max > batch else batch
-    full_in_usd, full_out_usd = request_cost_usd(
-        target.price_usd_per_s,
-        prefill_s,
-        output_tokens,
-        float(serving.tpot_ms(full, request.input_tokens + output_tokens // 2)) * tpot_factor / 1000.0,
-        full,
-    )
-    capacity_cost = (full_in_usd + full_out_usd + egress_usd) * 1e6 / tokens if tokens > 0 else 0.0
-    reported = load.utilization_ratio
-    if n_max >= 1:
-        u_before = min(1.0, reported if reported is not None else n / n_max)
-        u_after = min(1.0, u_before + 1.0 / n_max)
-    else:
-        u_before = min(1.0, reported) if reported is not None else (1.0 if n else 0.0)
-        u_after = 1.0
-    p_after = float(serving.power_w(u_after))
-    if load.power_w is not None:
-        # The endpoint reports its draw: an engine with work is busy and may draw up to its full power,
-        # so book the gap between the full power and the last report, less what earlier leases on it
-        # already book (they drop out as reports show them).
-        gap_mw = math.ceil((target.full_power_w - load.power_w) * 1000.0 - 1e-6) - booking.power_mw
-        increment_mw = gap_mw if gap_mw > 0 else 0
-    else:
-        increment_mw = max(0, math.ceil((p_after - float(serving.power_w(u_before))) * 1000.0 - 1e-6))
+    def __init__(
+        self,
+        request: PlacementRequest,
+        traffic_class: TrafficClass,
+        config: PolicyConfig,
+        batch_limit: MutableMapping[tuple[int, float, int, int], int],
+    ) -> None:
+        self.input_tokens = request.input_tokens
+        self.output_tokens = request.expected_output_tokens
+        self.context_tokens = request.input_tokens + request.expected_output_tokens // 2
+        self.tokens = request.input_tokens + request.expected_output_tokens
+        self.waiting_request_prefill_tokens = config.waiting_request_prefill_tokens
+        self.data_region = request.data_region
+        self.gravity = config.gravity
+        # What moving the request's tokens costs, for endpoints outside its data region.
+        self.egress_usd = (
+            egress_cost_usd(config.gravity.egress_usd_per_gb, self.tokens, config.gravity.bytes_per_token)
+            if request.data_region
+            else 0.0
+        )
+        self.slo_ttft_ms = request.slo.ttft_ms
+        self.slo_tpot_ms = request.slo.tpot_ms
+        self.class_key = (traffic_class.input_bucket_tokens, traffic_class.output_bucket_tokens)
+        self.longest_context = traffic_class.input_bucket_tokens + traffic_class.output_bucket_tokens // 2
+        self._batch_limit = batch_limit
+        self._by_profile: dict[int, _ProfileTerms] = {}
+        self._network_ms: dict[str, float] = {}
 
-    return Estimate(
-        ttft_ms,
-        tpot_ms,
-        cost_usd,
-        cost_usd * 1e6 / tokens if tokens > 0 else 0.0,
-        input_usd,
-        output_usd,
-        egress_usd,
-        network_ms,
-        profile_ttft_ms,
-        profile_tpot_ms,
-        batch,
-        queued,
-        u_after,
-        increment_mw,
-        prefill_s,
-        p_after,
-        decode_step_ms,
-        stall_ms,
-        capacity_cost,
-    )
+    def _profile_terms(self, serving: ServingProfile) -> _ProfileTerms:
+        pid = id(serving)
+        key = (pid, self.slo_tpot_ms, *self.class_key)
+        n_max = self._batch_limit.get(key)
+        if n_max is None:
+            n_max = max(0, int(serving.max_batch_for_tpot(self.slo_tpot_ms, self.longest_context)))
+            self._batch_limit[key] = n_max
+        terms = _ProfileTerms(float(serving.ttft_ms(self.input_tokens, 0)), n_max)
+        self._by_profile[pid] = terms
+        return terms
+
+    @overload
+    def estimate(self, target: Target, booking: Booking) -> Estimate: ...
+
+    @overload
+    def estimate(
+        self, target: Target, booking: Booking, latency_only: bool
+    ) -> Estimate | LatencyEstimate: ...
+
+    def estimate(
+        self, target: Target, booking: Booking, latency_only: bool = False
+    ) -> Estimate | LatencyEstimate:
+        """The figures for the request on ``target`` with the ledger's ``booking`` there.
+
+        With ``latency_only``, an endpoint whose predicted TTFT or TPOT misses the request's target gets
+        its :class:`LatencyEstimate` only: the costs and the power, two thirds of the work, are never
+        needed for an endpoint the latency filter drops (:meth:`CycleContext.latency
+        <policies.framework.CycleContext.latency>`).
+        """
+        serving = target.serving
+        terms = self._by_profile.get(id(serving))
+        if terms is None:
+            terms = self._profile_terms(serving)
+        steps = terms.step_ms
+        load = target.state.load
+        live = load.running_requests + load.waiting_requests
+        n = booking.outstanding if booking.outstanding > live else live
+        queued = booking.queued_prefill_tokens
+        waiting_tokens = load.waiting_requests * self.waiting_request_prefill_tokens
+        if waiting_tokens > queued:
+            queued = waiting_tokens
+
+        own_ms = terms.own_prefill_ms
+        max_batch = target.max_batch
+        batch = n + 1 if n < max_batch else max_batch
+        output_tokens = self.output_tokens
+        step_ms = steps.get(batch)
+        if step_ms is None:
+            step_ms = steps[batch] = float(serving.tpot_ms(batch, self.context_tokens))
+
+        profile_ttft_ms = own_ms if queued == 0 else float(serving.ttft_ms(self.input_tokens, queued))
+        if n:
+            profile_ttft_ms += 0.5 * step_ms  # the decode step in progress at arrival, half done on average
+        if n >= max_batch:
+            # A full batch: wait for n + 1 - max_batch sequences to finish. A full batch of sequences that
+            # live O steps on average finishes max_batch / O of them per step.
+            booked = booking.outstanding
+            mean_output = booking.output_tokens / booked if booked else float(output_tokens)
+            profile_ttft_ms += (n + 1 - max_batch) * (mean_output / max_batch) * step_ms
+        data_region = self.data_region
+        crosses = bool(data_region) and data_region != target.region
+        network_ms = self._network_latency_ms(target.region) if crosses else 0.0
+        ttft_factor = booking.ttft_factor
+        ttft_ms = profile_ttft_ms * ttft_factor + network_ms
+
+        prefill_ms = own_ms * ttft_factor
+        stall_ms = 0.0
+        if n:
+            booked = booking.outstanding
+            stall_ms = booking.stall_us_per_step / 1000.0
+            if n > booked:
+                per_sequence_ms = stall_ms / booked if booked else prefill_ms / max(1, output_tokens)
+                stall_ms += (n - booked) * per_sequence_ms
+        profile_tpot_ms = step_ms + stall_ms
+        tpot_factor = booking.tpot_factor
+        tpot_ms = profile_tpot_ms * tpot_factor
+        if latency_only and (ttft_ms > self.slo_ttft_ms or tpot_ms > self.slo_tpot_ms):
+            return LatencyEstimate(ttft_ms, tpot_ms, batch, queued)
+        decode_step_ms = step_ms * tpot_factor
+
+        prefill_s = prefill_ms / 1000.0
+        input_usd, output_usd = request_cost_usd(
+            target.price_usd_per_s, prefill_s, output_tokens, decode_step_ms / 1000.0, batch
+        )
+        tokens = self.tokens
+        egress_usd = self.egress_usd if crosses else 0.0
+        cost_usd = input_usd + output_usd + egress_usd
+
+        n_max = terms.n_max
+        if n_max > max_batch:
+            n_max = max_batch
+        full = n_max if n_max > batch else batch
+        full_step_ms = steps.get(full)
+        if full_step_ms is None:
+            full_step_ms = steps[full] = float(serving.tpot_ms(full, self.context_tokens))
+        full_in_usd, full_out_usd = request_cost_usd(
+            target.price_usd_per_s, prefill_s, output_tokens, full_step_ms * tpot_factor / 1000.0, full
+        )
+        capacity_cost = (full_in_usd + full_out_usd + egress_usd) * 1e6 / tokens if tokens > 0 else 0.0
+        reported = load.utilization_ratio
+        if n_max >= 1:
+            u_before = min(1.0, reported if reported is not None else n / n_max)
+            u_after = min(1.0, u_before + 1.0 / n_max)
+        else:
+            u_before = min(1.0, reported) if reported is not None else (1.0 if n else 0.0)
+            u_after = 1.0
+        p_after = float(serving.power_w(u_after))
+        if load.power_w is not None:
+            # The endpoint reports its draw: an engine with work is busy and may draw up to its full power,
+            # so book the gap between the full power and the last report, less what earlier leases on it
+            # already book (they drop out as reports show them).
+            gap_mw = math.ceil((target.full_power_w - load.power_w) * 1000.0 - 1e-6) - booking.power_mw
+            increment_mw = gap_mw if gap_mw > 0 else 0
+        else:
+            increment_mw = max(0, math.ceil((p_after - float(serving.power_w(u_before))) * 1000.0 - 1e-6))
+
+        return Estimate(
+            ttft_ms,
+            tpot_ms,
+            cost_usd,
+            cost_usd * 1e6 / tokens if tokens > 0 else 0.0,
+            input_usd,
+            output_usd,
+            egress_usd,
+            network_ms,
+            profile_ttft_ms,
+            profile_tpot_ms,
+            batch,
+            queued,
+            u_after,
+            increment_mw,
+            prefill_s,
+            p_after,
+            decode_step_ms,
+            stall_ms,
+            capacity_cost,
+        )
+
+    def _network_latency_ms(self, region: str) -> float:
+        ms = self._network_ms.get(region)
+        if ms is None:
+            ms = self._network_ms[region] = self.gravity.latency_ms(self.data_region, region)
+        return ms
 
 
 def predict(
@@ -375,5 +480,5 @@ def predict(
     config: PolicyConfig,
 ) -> Prediction:
     """The full prediction for ``request`` on ``target``, without memoisation (tests, tools)."""
-    e = estimate(request, traffic_class, target, booking, config, {}, {})
+    e = Estimator(request, traffic_class, config, {}).estimate(target, booking)
     return prediction_of(e, target, request.expected_output_tokens)

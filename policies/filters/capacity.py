@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from policies.framework import CycleContext, Filter, Rejection, RejectReason
 from policies.predict import Target, kv_used_tokens
 
@@ -30,9 +32,9 @@ class CapacityFilter(Filter):
         need = request_kv_tokens(r.input_tokens, r.expected_output_tokens)
         free = target.kv_capacity_tokens - kv_used_tokens(target, ctx.ledger.booking(target.endpoint_id))
         if need > free:
-            return Rejection(
-                RejectReason.CAPACITY,
-                f"{target.endpoint_id}: needs {need} KV tokens, {max(0, free)} free",
-                self.name,
-            )
+            return Rejection(RejectReason.CAPACITY, partial(_detail, target, need, free), self.name)
         return None
+
+
+def _detail(target: Target, need: int, free: int) -> str:
+    return f"{target.endpoint_id}: needs {need} KV tokens, {max(0, free)} free"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from policies.framework import CycleContext, Filter, Rejection, RejectReason
 from policies.predict import Target
 
@@ -30,10 +32,11 @@ class PowerFilter(Filter):
     def filter(self, ctx: CycleContext, target: Target) -> Rejection | None:
         after_w = zone_power_after_w(ctx, target)
         if after_w > target.zone_cap_w:
-            return Rejection(
-                RejectReason.POWER,
-                f"{target.endpoint_id}: zone {target.zone} would draw {after_w:.0f} W "
-                f"> cap {target.zone_cap_w:.0f} W",
-                self.name,
-            )
+            return Rejection(RejectReason.POWER, partial(_detail, target, after_w), self.name)
         return None
+
+
+def _detail(target: Target, after_w: float) -> str:
+    return (
+        f"{target.endpoint_id}: zone {target.zone} would draw {after_w:.0f} W > cap {target.zone_cap_w:.0f} W"
+    )

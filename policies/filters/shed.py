@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+from fleet.types import Priority
 from policies.filters.capacity import request_kv_tokens
 from policies.filters.power import zone_power_after_w
 from policies.framework import CycleContext, Filter, Rejection, RejectReason
@@ -32,19 +35,25 @@ class ShedFilter(Filter):
         )
         if kv_after > f * target.kv_capacity_tokens:
             return Rejection(
-                RejectReason.SHED,
-                f"{target.endpoint_id}: KV use would reach "
-                f"{kv_after / max(1, target.kv_capacity_tokens):.0%}, "
-                f"{r.priority.value} work may use {f:.0%}",
-                self.name,
+                RejectReason.SHED, partial(_kv_detail, target, kv_after, r.priority, f), self.name
             )
         after_w = zone_power_after_w(ctx, target)
         if after_w > f * target.zone_cap_w:
             return Rejection(
-                RejectReason.SHED,
-                f"{target.endpoint_id}: zone {target.zone} would draw "
-                f"{after_w / target.zone_cap_w:.0%} of its cap, "
-                f"{r.priority.value} work may use {f:.0%}",
-                self.name,
+                RejectReason.SHED, partial(_power_detail, target, after_w, r.priority, f), self.name
             )
         return None
+
+
+def _kv_detail(target: Target, kv_after: int, priority: Priority, f: float) -> str:
+    return (
+        f"{target.endpoint_id}: KV use would reach {kv_after / max(1, target.kv_capacity_tokens):.0%}, "
+        f"{priority.value} work may use {f:.0%}"
+    )
+
+
+def _power_detail(target: Target, after_w: float, priority: Priority, f: float) -> str:
+    return (
+        f"{target.endpoint_id}: zone {target.zone} would draw {after_w / target.zone_cap_w:.0%} of its cap, "
+        f"{priority.value} work may use {f:.0%}"
+    )
