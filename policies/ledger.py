@@ -255,9 +255,9 @@ class ReservationLedger:
         self._bookings: dict[str, _Booking] = {}
         self._zone_mw: dict[str, int] = {}
         self._prefill_pending: set[str] = set()
-        self._power_pending: set[str] = set()
         # endpoint id -> {lease id: predicted first token, s} of its leases whose power is still booked
         self._power_by_endpoint: dict[str, dict[str, float]] = {}
+        self._power_synced: FleetSnapshot | None = None  # the snapshot sync_power last applied
         # (due time, sequence, kind, lease id, reservation sequence): an event acts only on the reservation
         # it was made for (never on a later lease reusing the id) and keeps no released lease alive. Events
         # of released leases are dropped when they come due, or all at once when they outnumber the live
@@ -309,7 +309,8 @@ class ReservationLedger:
         return lease_id in self._prefill_pending
 
     def is_power_pending(self, lease_id: str) -> bool:
-        return lease_id in self._power_pending
+        lease = self._leases.get(lease_id)
+        return lease is not None and self._power_booked(lease)
 
     # -----------------------------------------------------------------------------------------------------
     # Writes (the owner only)
@@ -355,7 +356,6 @@ class ReservationLedger:
         if lease.power_mw and (visible is None or visible > self._now_s):
             self._zone_mw[lease.zone] = self._zone_mw.get(lease.zone, 0) + lease.power_mw
             b.power_mw += lease.power_mw
-            self._power_pending.add(lid)
             pending = self._power_by_endpoint.get(lease.endpoint_id)
             if pending is None:
                 pending = self._power_by_endpoint[lease.endpoint_id] = {}
@@ -383,7 +383,7 @@ class ReservationLedger:
         if lease_id in self._prefill_pending:
             self._prefill_pending.discard(lease_id)
             b.queued_prefill_tokens -= lease.prefill_tokens
-        if lease_id in self._power_pending:
+        if self._power_booked(lease):
             self._drop_power(lease)
         return lease
 
@@ -433,7 +433,7 @@ class ReservationLedger:
                     self._prefill_pending.discard(lid)
                     self._bookings[lease.endpoint_id].queued_prefill_tokens -= lease.prefill_tokens
             elif kind == _POWER:
-                if lid in self._power_pending:
+                if self._power_booked(lease):
                     self._drop_power(lease)
             elif lease.expires_at_s <= now_s:
                 self.release(lid)
@@ -458,8 +458,12 @@ class ReservationLedger:
     def sync_power(self, snapshot: FleetSnapshot) -> int:
         """Apply :meth:`power_shown` for every endpoint holding booked power whose latest report in
         ``snapshot`` is fresher than some of it (report time: ``min(observed_at_s, received_at_s)``, as
-        the fleet store dates a sample). O(endpoints with booked power). Returns the milliwatts released.
+        the fleet store dates a sample). O(endpoints with booked power), and nothing for the snapshot it
+        last applied: call it before each decision. Returns the milliwatts released.
         """
+        if snapshot is self._power_synced:
+            return 0
+        self._power_synced = snapshot
         released = 0
         by_id = snapshot.by_id
         for endpoint_id in tuple(self._power_by_endpoint):
@@ -490,10 +494,14 @@ class ReservationLedger:
         """Time-driven events held (live leases' and not yet dropped released ones'): for tests, metrics."""
         return len(self._events)
 
+    def _power_booked(self, lease: Lease) -> bool:
+        """Whether the live ``lease`` still books its power."""
+        pending = self._power_by_endpoint.get(lease.endpoint_id)
+        return pending is not None and lease.lease_id in pending
+
     def _drop_power(self, lease: Lease) -> None:
         """Stop booking a power-pending lease's milliwatts on its zone and endpoint."""
         lid = lease.lease_id
-        self._power_pending.discard(lid)
         zone = lease.zone
         left = self._zone_mw[zone] - lease.power_mw
         if left:

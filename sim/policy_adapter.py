@@ -114,7 +114,6 @@ class RouterPolicy:
         self._ledger = ledger if ledger is not None else ReservationLedger()
         self._plan: Plan = EMPTY_PLAN
         self._lease_of: dict[str, str] = {}
-        self._power_synced_version = -1
         self.placements = 0
         self.refusals = 0
 
@@ -144,9 +143,7 @@ class RouterPolicy:
     def place(self, request: PlacementRequest, snapshot: FleetSnapshot, now_s: float) -> Placement | Refusal:
         ledger = self._ledger
         ledger.expire(now_s)
-        if snapshot.version != self._power_synced_version:
-            ledger.sync_power(snapshot)  # as the router does: booked power drops once reports show it
-            self._power_synced_version = snapshot.version
+        ledger.sync_power(snapshot)  # as the router does: booked power drops once reports show it
         decision = self._policy.place(request, snapshot, self._plan, ledger, now_s)
         if isinstance(decision, Placed):
             lease_id = decision.lease_id

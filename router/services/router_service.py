@@ -120,7 +120,6 @@ class PlacementEngine:
         self._ended: OrderedDict[str, str] = OrderedDict()  # ended lease id -> its model
         self._lease_prefix = secrets.token_hex(6)  # lease ids of another process never collide
         self._lease_seq = itertools.count(1)
-        self._power_synced_version = -1  # snapshot version the ledger's power bookings were synced with
         self._replan_placed = metrics.replan_requests.labels("plan_spill")
         self._replan_refused = metrics.replan_requests.labels("refused")
         self._cost_usd: LabelCache[tuple[str, ...], Counter] = LabelCache(metrics.cost_usd, _identity)
@@ -139,10 +138,7 @@ class PlacementEngine:
         now_s = self._clock()
         self.expire(now_s)
         snapshot = self._snapshot()
-        if snapshot.version != self._power_synced_version:
-            # Power booked for placed requests drops out once their endpoints' reports show it.
-            self.ledger.sync_power(snapshot)
-            self._power_synced_version = snapshot.version
+        self.ledger.sync_power(snapshot)  # booked power drops once the endpoints' reports show it
         decision = self.policy.place(request, snapshot, self._plan(), self.ledger, now_s)
         if isinstance(decision, Placed):
             if decision.reason is PlacementReason.IDEMPOTENT_REPLAY:
