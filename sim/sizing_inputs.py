@@ -283,18 +283,23 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
     return a[0] <= b[1] and b[0] <= a[1] and a[2] <= b[3] and b[2] <= a[3]
 
 
+def _read_input(path: str | Path, encoding: str) -> str:
+    """The text of an input file; :class:`InputError` naming the file when it is missing or unreadable."""
+    try:
+        return Path(path).read_text(encoding=encoding)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read: {exc}") from None
+
+
 def load_workload(path: str | Path, *, known_models: Collection[str] | None = None) -> Workload:
     """Reads a workload file (module docstring). ``known_models``: if given, ``model`` must be one of them.
 
     Raises :class:`InputError` naming the file, line, column, the path inside the file and the rule.
     """
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{file}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{file}: cannot be read: {exc}") from None
+    text = _read_input(path, "utf-8")
     doc = _Doc(file)
     root = _compose(text, file)
     top = doc.mapping(
@@ -625,12 +630,7 @@ def load_bucket_profiles(
     instance type or model (when ``known_*`` are given); or a file without data rows.
     """
     origin = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{origin}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{origin}: cannot be read: {exc}") from None
+    text = _read_input(path, "utf-8-sig")
     header: list[str] | None = None
     rows: list[BucketProfileRow] = []
     seen: dict[tuple[str, str | None, tuple[int, int, int, int]], int] = {}
