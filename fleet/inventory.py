@@ -21,7 +21,13 @@ from collections.abc import Sequence
 from fleet.catalog import Catalog
 from fleet.models import ModelRegistry
 from fleet.perf import PerformanceModel
-from fleet.types import DEFAULT_MAX_BATCH_SEQUENCES, EndpointSpec, PoolSpec, ZoneSpec
+from fleet.types import (
+    DEFAULT_MAX_BATCH_SEQUENCES,
+    DEFAULT_MAX_BATCHED_TOKENS,
+    EndpointSpec,
+    PoolSpec,
+    ZoneSpec,
+)
 
 GB = 1e9
 
@@ -168,6 +174,14 @@ def expand_pools(
             raise InventoryError(
                 f"{at}.max_batch_sequences", f"must be an integer 1..65536, got {max_batch!r}"
             )
+        budget = DEFAULT_MAX_BATCHED_TOKENS if pool.max_batched_tokens is None else pool.max_batched_tokens
+        if isinstance(budget, bool) or not isinstance(budget, int) or not max_batch < budget <= 1_048_576:
+            raise InventoryError(
+                f"{at}.max_batched_tokens",
+                f"must be an integer above max_batch_sequences ({max_batch}) and at most 1048576 "
+                "(every decoding sequence takes one token of a step's budget, and prompts need the rest), "
+                f"got {budget!r}",
+            )
         price = instance.price_usd_per_hour if pool.price_usd_per_hour is None else pool.price_usd_per_hour
         if (
             isinstance(price, bool)
@@ -207,6 +221,7 @@ def expand_pools(
                     max_context_tokens=context,
                     reserved=pool.reserved,
                     max_batch_sequences=max_batch,
+                    max_batched_tokens=budget,
                     metrics_url=metrics_urls[k],
                     expects_telemetry=pool.expects_telemetry,
                 )

@@ -68,6 +68,13 @@ DEFAULT_MAX_BATCH_SEQUENCES = 256
 """Sequences a serving engine decodes at once unless its pool says otherwise: vLLM's default
 ``max_num_seqs`` (256)."""
 
+DEFAULT_MAX_BATCHED_TOKENS = 2048
+"""Tokens a serving engine processes in one step unless its pool says otherwise (vLLM's
+``max_num_batched_tokens``): every decoding sequence takes one, and prompts are prefilled in chunks of
+what is left (chunked prefill, decodes first). 2048 is the budget vLLM's tuning guide and its V1 engine
+use for latency-sensitive online serving; a larger budget raises throughput and the time per output token
+of the sequences that decode beside a long prompt."""
+
 
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
@@ -90,6 +97,9 @@ class EndpointSpec:
     # Sequences the serving engine decodes at once at most (vLLM's ``max_num_seqs``); requests beyond it
     # wait in the engine's queue for a sequence to finish.
     max_batch_sequences: int = DEFAULT_MAX_BATCH_SEQUENCES
+    # Tokens the engine processes per step (vLLM's ``max_num_batched_tokens``): one per decoding sequence,
+    # the rest for chunks of the prompts being prefilled. Must exceed ``max_batch_sequences``.
+    max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS
     metrics_url: str | None = None  # Prometheus text to scrape, if any
     # False for endpoints with no live telemetry source at all (a static fleet): they are never marked
     # stale for lack of reports.
@@ -116,6 +126,7 @@ class PoolSpec:
     max_context_tokens: int | None = None  # default: the model's context length
     reserved: bool = False
     max_batch_sequences: int | None = None  # default: DEFAULT_MAX_BATCH_SEQUENCES
+    max_batched_tokens: int | None = None  # default: DEFAULT_MAX_BATCHED_TOKENS
     metrics_url_template: str | None = None  # e.g. "http://{pool}-{index}.serving.svc:8000/metrics"
     expects_telemetry: bool = True
     price_usd_per_hour: float | None = None  # per instance; default: the catalog's

@@ -13,19 +13,24 @@ TTFT target ``S`` and TPOT target ``T``; on an endpoint with profile ``P``:
 * ``B_hi  = min(P.max_batch_for_tpot(T, ctx), M)``   largest batch meeting ``T`` that fits in KV memory
   and within the engine's limit ``M`` on sequences decoding at once (the endpoint's
   ``max_batch_sequences``)
+* ``k(N, B) = ceil(N / (C - B))``  steps whose chunks prefill a prompt of ``N`` tokens beside ``B``
+  decoding sequences, ``C`` being the engine's tokens per step (the endpoint's ``max_batched_tokens``)
 
-The engine alternates prefills (which stall the decode batch, as in continuous batching with or without
-chunking: the total stall time is the same) and decode steps. At arrival rate ``λ`` it spends the share
+The engine prefills prompts in chunks beside the decoding sequences (chunked prefill, decodes first): each
+step decodes the batch and carries at most one chunk, so the prefills slow the decode batch by their total
+time, spread over the steps. At arrival rate ``λ`` it spends the share
 ``λ p`` of its time in prefill, so with a mean of ``B`` sequences decoding:
 
 1. *throughput*: every request needs ``p`` of exclusive engine time and ``O`` decode steps shared by ``B``
    sequences, so the rate that keeps ``B`` sequences busy is ``g(B) = B / (B p + O t(B))``;
 2. *TPOT with prefill stalls*: a decoding sequence sees ``t(B) / (1 - λ p) <= T``, i.e.
    ``λ <= h_tpot(B) = (1 - t(B) / T) / p``;
-3. *TTFT under load*: a new prompt waits for the decode step in progress (``t(B)``) and for the prefills
-   queued before it; with prefills served first-come first-served at load ``ρ = λ p`` the mean wait is the
-   M/D/1 value ``ρ p / (2 (1 - ρ))``. Requiring ``p_max + t(B) + wait <= S`` with slack
-   ``s = S - p_max - t(B)`` gives ``λ <= h_ttft(B) = 2 s / (p (p + 2 s))`` (0 when ``s <= 0``).
+3. *TTFT under load*: a new prompt waits for the decode step in progress (``t(B)``) and for the prompts
+   queued before it, then its own ``k(L_max, B)`` chunk steps each carry a decode step besides its prefill.
+   A queued mean prompt holds the prefill queue for ``q = p + k(L, B) t(B)``; served first-come
+   first-served at load ``λ q`` the mean wait is the M/D/1 value ``λ q^2 / (2 (1 - λ q))``. Requiring
+   ``p_max + (1 + k(L_max, B)) t(B) + wait <= S`` with slack ``s = S - p_max - (1 + k(L_max, B)) t(B)``
+   gives ``λ <= h_ttft(B) = 2 s / (q (q + 2 s))`` (0 when ``s <= 0``).
 
 ``g`` rises with ``B`` (batching amortises the weight reads: ``t(B) / B`` falls) while ``h = min(h_tpot,
 h_ttft)`` falls (``t`` is non-decreasing in ``B``). The operating point is the largest rate at which the
@@ -60,7 +65,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fleet.types import DEFAULT_MAX_BATCH_SEQUENCES, ServingProfile
+from fleet.types import DEFAULT_MAX_BATCH_SEQUENCES, DEFAULT_MAX_BATCHED_TOKENS, ServingProfile
 from policies.demand import ClassDemand
 from policies.types import TrafficClass
 
@@ -121,6 +126,7 @@ def class_capacity(
     *,
     max_context_tokens: int,
     max_batch_sequences: int = DEFAULT_MAX_BATCH_SEQUENCES,
+    max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
     headroom_ratio: float = DEFAULT_HEADROOM_RATIO,
 ) -> ClassCapacity:
     """SLO-feasible capacity in requests/s of one endpoint for one class (module docstring has the model).
@@ -171,11 +177,16 @@ def class_capacity(
     def h_tpot(b: int) -> float:  # largest rate whose prefill stalls keep TPOT within target
         return max(0.0, (1.0 - step_s(b) / tpot_target_s) / p)
 
+    def chunk_steps(tokens: int, b: int) -> int:  # k(N, B)
+        return -(-tokens // max(1, max_batched_tokens - b))
+
     def h_ttft(b: int) -> float:  # largest rate whose queued prefills keep TTFT within target
-        slack = ttft_target_s - p_max - step_s(b)
+        t = step_s(b)
+        slack = ttft_target_s - p_max - (1 + chunk_steps(int(input_bucket_tokens), b)) * t
         if slack <= 0.0:
             return 0.0
-        return 2.0 * slack / (p * (p + 2.0 * slack))
+        q = p + chunk_steps(max(1, mean_in), b) * t
+        return 2.0 * slack / (q * (q + 2.0 * slack))
 
     def h(b: int) -> float:
         return min(h_tpot(b), h_ttft(b))

@@ -249,8 +249,8 @@ class PlanReport:
 # ---------------------------------------------------------------------------------------------------------
 
 _HardwareKey = tuple[str, str, int, Precision, int]  # model, instance type, tp, precision, context
-_GroupKey = tuple[str, str, str, int, str, int, int]  # zone, model, instance type, tp, precision, context,
-# max batch sequences
+# zone, model, instance type, tp, precision, context, max batch sequences, max batched tokens
+_GroupKey = tuple[str, str, str, int, str, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +313,7 @@ def _group_key(spec: EndpointSpec) -> _GroupKey:
         spec.precision.value,
         spec.max_context_tokens,
         spec.max_batch_sequences,
+        spec.max_batched_tokens,
     )
 
 
@@ -342,7 +343,7 @@ def _prepare(
         by_group.setdefault(_group_key(st.spec), {}).setdefault(tier_key, []).append(st.spec)
 
     profile_cache: dict[_HardwareKey, ServingProfile] = {}
-    capacity_cache: dict[tuple[_HardwareKey, int, int], float] = {}
+    capacity_cache: dict[tuple[_HardwareKey, tuple[int, int], int], float] = {}
     groups: list[_Group] = []
     tiers: list[_Tier] = []
     cap: dict[tuple[int, int], float] = {}
@@ -382,7 +383,8 @@ def _prepare(
             )
         )
         for ci in classes_by_model.get(spec.model, ()):
-            value = capacity_cache.get((hw, spec.max_batch_sequences, ci))
+            engine = (spec.max_batch_sequences, spec.max_batched_tokens)
+            value = capacity_cache.get((hw, engine, ci))
             if value is None:
                 c = classes[ci]
                 value = class_capacity(
@@ -391,9 +393,10 @@ def _prepare(
                     demand[c],
                     max_context_tokens=spec.max_context_tokens,
                     max_batch_sequences=spec.max_batch_sequences,
+                    max_batched_tokens=spec.max_batched_tokens,
                     headroom_ratio=config.headroom_ratio,
                 ).requests_per_s
-                capacity_cache[hw, spec.max_batch_sequences, ci] = value
+                capacity_cache[hw, engine, ci] = value
             if value > 0.0:
                 cap[gi, ci] = value
 

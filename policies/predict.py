@@ -17,9 +17,12 @@ telemetry report has not seen yet, telemetry covers traffic placed by anyone els
 
 Predictions
 -----------
-* ``ttft_ms = (profile.ttft_ms(input, queued) + wait_ms) x ttft_factor + network_latency_ms`` where
-  ``wait_ms`` is half a decode step (below) when the endpoint holds sequences (a prompt waits for the step
-  in progress: engines do not cut a step short), plus, when the batch is full (``in_flight >=
+* ``ttft_ms = (profile.ttft_ms(input, queued) + wait_ms) x ttft_factor + network_latency_ms`` where,
+  when the endpoint holds sequences, ``wait_ms`` is half a decode step (below: a prompt waits for the step
+  in progress, engines do not cut a step short) plus one decode step beside each chunk of the queued
+  prompts and its own (the engine prefills in chunks beside its decoding sequences, at most
+  ``max_batched_tokens - min(in_flight, max_batch)`` prompt tokens a step, so ``ceil((queued + input) /
+  that)`` steps), plus, when the batch is full (``in_flight >=
   max_batch``), the decode steps until ``in_flight + 1 - max_batch`` sequences have finished: a full batch
   whose sequences live ``O`` steps on average finishes ``max_batch / O`` of them per step, ``O`` being the
   mean expected output of the ledger's leases there (this request's own when it holds none); the network
@@ -27,15 +30,18 @@ Predictions
   the endpoint's correction learned from completions (1 until observed).
 * ``tpot_ms = (step_ms + stall_ms) x tpot_factor`` with ``step_ms = profile.tpot_ms(B, input +
   expected_output / 2)`` (one decode step at the mean context of this request while it decodes) and
-  ``stall_ms`` the prefills that interrupt the decode batch. A continuous-batching engine stops decoding to
-  prefill each newly admitted prompt. In steady state the endpoint admits new requests as fast as its
-  sequences finish: a sequence ``i`` finishes every ``O_i`` steps, and its successor's prompt costs about
-  its own prefill time ``p_i``, so each step carries ``sum_i p_i / O_i`` of prefill on average. The ledger
-  keeps that sum over its live leases (``stall_us_per_step``, each lease booking its own corrected prefill
-  over its expected output); sequences the telemetry reports beyond the ledger's count (placed by someone
-  else) are charged the ledger's mean per lease, or this request's own ``prefill / expected_output`` when
-  the ledger holds nothing there. Without this term a busy endpoint's TPOT is under-predicted by the share
-  of time it spends prefilling (the planner's capacity model, :mod:`policies.capacity`, has the same term).
+  ``stall_ms`` the prefills that slow the decode batch. A continuous-batching engine prefills each newly
+  admitted prompt in the steps its sequences decode in. In steady state the endpoint admits new requests
+  as fast as its sequences finish: a sequence ``i`` finishes every ``O_i`` steps, and its successor's
+  prompt costs about its own prefill time ``p_i``, so each step carries ``sum_i p_i / O_i`` of prefill on
+  average. The ledger keeps that sum over its live leases (``stall_us_per_step``, each lease booking its
+  own corrected prefill over its expected output); sequences the telemetry reports beyond the ledger's
+  count (placed by someone else) are charged the ledger's mean per lease, or this request's own ``prefill
+  / expected_output`` when the ledger holds nothing there. Without this term a busy endpoint's TPOT is
+  under-predicted by the share of time it spends prefilling (the planner's capacity model,
+  :mod:`policies.capacity`, has the same term). A step carries at most one chunk of prompt, so the stall
+  is capped at the prefill of one chunk (``profile.ttft_ms(chunk, 0)``): beyond that, prompts queue (TTFT)
+  instead of slowing the decode.
 * cost and energy: :mod:`policies.cost` with ``prefill_s`` the request's own prefill time (TTFT on an idle
   endpoint, corrected), ``batch = B`` and the decode step without the stall (the time the engine
   spends prefilling other prompts is theirs: their input cost already pays for it).
@@ -102,6 +108,7 @@ class Target:
         "kind",
         "kv_capacity_tokens",
         "max_batch",
+        "max_batched_tokens",
         "price_usd_per_s",
         "reference_cost_usd",
         "region",
@@ -125,6 +132,7 @@ class Target:
         self.kind = spec.accelerator_kind
         self.kv_capacity_tokens = int(serving.kv_capacity_tokens)
         self.max_batch = spec.max_batch_sequences
+        self.max_batched_tokens = spec.max_batched_tokens
         self.full_power_w = float(serving.power_w(1.0))
         self.zone_spec = zone
         self.zone_cap_w = zone.power_cap_w if zone is not None else math.inf
@@ -262,12 +270,13 @@ class _ProfileTerms:
     """What one decision memoises per serving profile: the request's prefill on an idle endpoint, the
     class's SLO-feasible batch (uncapped by the endpoint's own limit) and decode steps by batch size."""
 
-    __slots__ = ("n_max", "own_prefill_ms", "step_ms")
+    __slots__ = ("chunk_ms", "n_max", "own_prefill_ms", "step_ms")
 
     def __init__(self, own_prefill_ms: float, n_max: int) -> None:
         self.own_prefill_ms = own_prefill_ms
         self.n_max = n_max
         self.step_ms: dict[int, float] = {}  # batch -> tpot_ms(batch, the request's mean context)
+        self.chunk_ms: dict[int, float] = {}  # prompt tokens per step -> ttft_ms(tokens, 0)
 
 
 class Estimator:
@@ -378,8 +387,17 @@ class Estimator:
             step_ms = steps[batch] = float(serving.tpot_ms(batch, self.context_tokens))
 
         profile_ttft_ms = own_ms if queued == 0 else float(serving.ttft_ms(self.input_tokens, queued))
+        chunk_tokens = 0
         if n:
-            profile_ttft_ms += 0.5 * step_ms  # the decode step in progress at arrival, half done on average
+            # The step in progress at arrival (half done on average), then one decode step beside every
+            # chunk of the prompts ahead and of its own: a step carries at most max_batched_tokens less
+            # one token per decoding sequence of prompt.
+            decoding = n if n < max_batch else max_batch
+            chunk_tokens = target.max_batched_tokens - decoding
+            if chunk_tokens < 1:
+                chunk_tokens = 1
+            chunk_steps = -(-(queued + self.input_tokens) // chunk_tokens)
+            profile_ttft_ms += (0.5 + chunk_steps) * step_ms
         if n >= max_batch:
             # A full batch: wait for n + 1 - max_batch sequences to finish. A full batch of sequences that
             # live O steps on average finishes max_batch / O of them per step.
@@ -400,6 +418,12 @@ class Estimator:
             if n > booked:
                 per_sequence_ms = stall_ms / booked if booked else prefill_ms / max(1, output_tokens)
                 stall_ms += (n - booked) * per_sequence_ms
+            # A step carries at most one chunk of prompt: the stall per step is at most its prefill.
+            chunk_ms = terms.chunk_ms.get(chunk_tokens)
+            if chunk_ms is None:
+                chunk_ms = terms.chunk_ms[chunk_tokens] = float(serving.ttft_ms(chunk_tokens, 0))
+            if stall_ms > chunk_ms:
+                stall_ms = chunk_ms
         profile_tpot_ms = step_ms + stall_ms
         tpot_factor = booking.tpot_factor
         tpot_ms = profile_tpot_ms * tpot_factor

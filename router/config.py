@@ -13,6 +13,7 @@ Schema (every section optional except ``zones`` and ``pools``; defaults shown)::
     zones: [{name, region, power_cap_w}]
     pools: [{name, zone, instance_type, model, tp_degree, precision, instances, address_template,
              replicas_per_instance: null, max_context_tokens: null, max_batch_sequences: 256,
+             max_batched_tokens: 2048,
              reserved: false, metrics_url_template: null, telemetry: required, price_usd_per_hour: null}]
     jobs:    {store: memory, dsn: null}   # or {store: postgres, dsn: "postgresql://..."}
     planner:                              # the placement engine (every key optional)
@@ -583,6 +584,7 @@ class _Parser:
             "replicas_per_instance",
             "max_context_tokens",
             "max_batch_sequences",
+            "max_batched_tokens",
             "reserved",
             "metrics_url_template",
             "telemetry",
@@ -620,6 +622,10 @@ class _Parser:
             max_batch_sequences=self.optional(
                 m.get("max_batch_sequences"),
                 lambda v: self.integer(v, f"{path}.max_batch_sequences", minimum=1),
+            ),
+            max_batched_tokens=self.optional(
+                m.get("max_batched_tokens"),
+                lambda v: self.integer(v, f"{path}.max_batched_tokens", minimum=2),
             ),
             reserved=self.boolean(m.get("reserved", False), f"{path}.reserved"),
             metrics_url_template=metrics_url,

@@ -190,6 +190,7 @@ def fleet_json(
                 "price_usd_per_hour": spec.price_usd_per_hour,
                 "max_context_tokens": spec.max_context_tokens,
                 "max_batch_sequences": spec.max_batch_sequences,
+                "max_batched_tokens": spec.max_batched_tokens,
                 "reserved": spec.reserved,
                 "expects_telemetry": spec.expects_telemetry,
                 "metrics_url": spec.metrics_url,

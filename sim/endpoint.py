@@ -1,40 +1,47 @@
-"""A simulated serving endpoint: continuous batching driven by a :class:`fleet.types.ServingProfile`.
+"""A simulated serving endpoint: continuous batching with chunked prefill, driven by a
+:class:`fleet.types.ServingProfile`.
 
 The engine model
 ----------------
-One engine per endpoint executes one step at a time, back to back while it has work:
+One engine per endpoint executes one step at a time, back to back while it has work. Each step processes
+at most ``budget`` tokens (the endpoint's ``max_batched_tokens``, vLLM's ``max_num_batched_tokens``), as
+vLLM's scheduler does with chunked prefill: decodes first, then prompt chunks in the tokens left.
 
 * **Admission** (first come, first served). The request at the head of the queue is admitted when the
-  decode batch has room (fewer than ``max_batch`` sequences, the endpoint's ``max_batch_sequences``) and
-  its KV cache fits: the KV tokens held by admitted requests plus its own ``input + output`` tokens stay
-  within the profile's ``kv_capacity_tokens``. A request is booked for its final length on admission, so
-  memory never runs out mid-decode and nothing is preempted. A blocked head blocks the queue (no overtaking).
-* **Prefill.** An admitted request's prompt is prefilled alone, taking ``ttft_ms(input_tokens, 0)`` of the
-  profile; the decode batch is stalled meanwhile. Its first token is out when the prefill ends (TTFT =
-  that moment minus arrival); then it joins the decode batch. Prompts queued behind it wait, so a prompt
-  behind ``q`` queued prefill tokens of prompts like its own gets its first token after about
-  ``ttft_ms(input_tokens, q)``: the profile's TTFT semantics, simulated one prompt at a time.
-* **Decode.** Each step produces one token for every sequence of the batch and takes
-  ``tpot_ms(batch, mean context)``; a sequence with ``output_tokens`` completes after ``output_tokens - 1``
-  steps (its first token came from the prefill). Prefill has priority: at every step boundary an
-  admissible queued request is prefilled before the next decode step (as schedulers that prioritise
-  prefills do); a step in progress is never cut short, so a request arriving mid-step waits for it.
+  engine has room (fewer than ``max_batch`` sequences admitted, the endpoint's ``max_batch_sequences``,
+  counting those still in prefill), its KV cache fits (the KV tokens held by admitted requests plus its own
+  ``input + output`` tokens stay within the profile's ``kv_capacity_tokens``) and the step being formed
+  still has tokens to spare. A request is booked for its final length on admission, so memory never runs
+  out mid-decode and nothing is preempted. A blocked head blocks the queue (no overtaking).
+* **A step.** Every decoding sequence (``B`` of them) produces one token and takes one token of the
+  budget; the ``budget - B`` tokens left go to the prompts in prefill, oldest first (a prompt longer than
+  that is split over several steps; a step may finish one prompt and start the next). The step takes
+  ``tpot_ms(B, mean context)`` for the decodes (0 when ``B = 0``) plus, for each prompt chunk of ``n`` of a
+  prompt's ``N`` tokens, ``n / N`` of that prompt's prefill time ``ttft_ms(N, 0)``. A prompt's whole
+  prefill thus costs the engine what the profile's TTFT says, on an idle endpoint exactly
+  (``ttft_ms(N, 0)`` over ``ceil(N / budget)`` steps), and beside ``B`` decoding sequences that plus one
+  decode step per chunk; the sequences decoding meanwhile are slowed by at most one chunk's share per step
+  instead of stalling for whole prompts.
+* **First token and decode.** A prompt's first token is out when the step that prefills its last chunk
+  ends (TTFT = that moment minus arrival); it joins the decode batch for the next step. A sequence with
+  ``output_tokens`` completes after ``output_tokens - 1`` decode steps. A step in progress is never cut
+  short, so a request arriving mid-step waits for it.
 
 Event-driven jumps
 ------------------
-Nothing is simulated token by token. While the batch is unchanged the engine runs a *segment* of ``k``
-decode steps, ``k`` = the steps until the next sequence completes (capped at ``segment_steps``), all of
-the same duration ``tpot_ms(B, c_mid)`` where ``c_mid`` is the batch's mean context at the segment's
-middle step (the mean context grows by exactly one token per step, so this is exact when TPOT is linear
-in the context, as the roofline is between its kinks). The endpoint then sleeps until the segment ends.
-An arrival that can be admitted at once cuts the segment at the next step boundary (``ceil`` of the
-elapsed steps). Per-sequence progress is one counter of steps for the whole endpoint: a sequence joining
-at step ``s`` completes at step ``s + output_tokens - 1`` (a heap keyed by that step), and the batch's total
-context is ``sum(input_i + 1 - join_step_i) + B x steps``, so joins, completions and the mean context
-are O(log B) or O(1).
+Nothing is simulated token by token. A step that carries prompt chunks is one event. While no prompt is in
+prefill and the batch is unchanged the engine runs a *segment* of ``k`` decode steps, ``k`` = the steps
+until the next sequence completes (capped at ``segment_steps``), all of the same duration ``tpot_ms(B,
+c_mid)`` where ``c_mid`` is the batch's mean context at the segment's middle step (the mean context grows
+by exactly one token per step, so this is exact when TPOT is linear in the context, as the roofline is
+between its kinks). The endpoint then sleeps until the segment ends. An arrival that can be admitted cuts
+the segment at the next step boundary (``ceil`` of the elapsed steps). Per-sequence progress is one
+counter of steps for the whole endpoint: a sequence joining at step ``s`` completes at step ``s +
+output_tokens - 1`` (a heap keyed by that step), and the batch's total context is ``sum(input_i + 1 -
+join_step_i) + B x steps``, so joins, completions and the mean context are O(log B) or O(1).
 
 Accounting: the endpoint tells its :class:`~sim.accounting.EndpointMeter` when it turns busy or idle and
-adds its prefill and decode seconds as they complete.
+adds its prefill and decode seconds as they complete (a mixed step's decode and chunk parts apart).
 """
 
 from __future__ import annotations
@@ -45,7 +52,13 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from fleet.types import DEFAULT_MAX_BATCH_SEQUENCES, EndpointLoad, EndpointSpec, ServingProfile
+from fleet.types import (
+    DEFAULT_MAX_BATCH_SEQUENCES,
+    DEFAULT_MAX_BATCHED_TOKENS,
+    EndpointLoad,
+    EndpointSpec,
+    ServingProfile,
+)
 from sim.accounting import EndpointMeter
 
 __all__ = ["DEFAULT_SEGMENT_STEPS", "Lifecycle", "SimEndpoint", "SimRequest"]
@@ -54,7 +67,7 @@ DEFAULT_SEGMENT_STEPS = 64
 """Longest run of decode steps simulated as one segment of equal steps (the step time is re-evaluated at
 least this often as the context grows)."""
 
-_IDLE, _PREFILL, _DECODE = 0, 1, 2
+_IDLE, _MIXED, _DECODE = 0, 1, 2
 
 
 class Lifecycle(enum.Enum):
@@ -83,6 +96,7 @@ class SimRequest:
         "output_tokens",
         "predicted_tpot_ms",
         "predicted_ttft_ms",
+        "prefill_left",
         "reason",
         "request_id",
     )
@@ -94,6 +108,7 @@ class SimRequest:
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.kv_tokens = input_tokens + output_tokens
+        self.prefill_left = input_tokens if input_tokens > 1 else 1
         self.endpoint = -1
         self.first_token_s = math.nan
         self.done_s = math.nan
@@ -134,13 +149,15 @@ class SimEndpoint:
     """
 
     __slots__ = (
+        "_chunks",
         "_heap",
-        "_prefill_ms",
+        "_prefill_s",
         "_tpot",
         "_ttft",
         "_window",
         "act_start_s",
         "batch",
+        "budget",
         "ctx_base",
         "index",
         "kv_capacity_tokens",
@@ -152,6 +169,7 @@ class SimEndpoint:
         "max_context_tokens",
         "meter",
         "mode",
+        "prefill_share_s",
         "prefilling",
         "profile",
         "queue",
@@ -174,10 +192,15 @@ class SimEndpoint:
         meter: EndpointMeter,
         *,
         max_batch: int = DEFAULT_MAX_BATCH_SEQUENCES,
+        max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
         segment_steps: int = DEFAULT_SEGMENT_STEPS,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
+        if max_batched_tokens <= max_batch:
+            raise ValueError(
+                f"max_batched_tokens: must exceed max_batch ({max_batch}), got {max_batched_tokens}"
+            )
         if segment_steps < 1:
             raise ValueError(f"segment_steps: must be >= 1, got {segment_steps}")
         self.index = index
@@ -185,14 +208,17 @@ class SimEndpoint:
         self.profile = profile
         self.meter = meter
         self.max_batch = max_batch
+        self.budget = max_batched_tokens
         self.segment_steps = segment_steps
         self.kv_capacity_tokens = int(profile.kv_capacity_tokens)
         self.max_context_tokens = spec.max_context_tokens
         self._ttft = profile.ttft_ms
         self._tpot = profile.tpot_ms
-        self._prefill_ms: dict[int, float] = {}
+        self._prefill_s: dict[int, float] = {}
         self.queue: deque[SimRequest] = deque()
-        self.prefilling: SimRequest | None = None
+        self.prefilling: deque[SimRequest] = deque()  # admitted, prompt not yet fully prefilled
+        self._chunks: list[tuple[SimRequest, int]] = []  # the prompt chunks of the step in progress
+        self.prefill_share_s = 0.0  # the step in progress's prefill seconds
         self._heap: list[tuple[int, int, SimRequest]] = []  # (finish step, request index, request)
         self.batch = 0
         self.steps = 0
@@ -228,12 +254,12 @@ class SimEndpoint:
 
     @property
     def empty(self) -> bool:
-        return not self.queue and self.prefilling is None and self.batch == 0
+        return not self.queue and not self.prefilling and self.batch == 0
 
     @property
     def running(self) -> int:
-        """Sequences admitted: decoding plus the one in prefill."""
-        return self.batch + (1 if self.prefilling is not None else 0)
+        """Sequences admitted: decoding plus those in prefill."""
+        return self.batch + len(self.prefilling)
 
     def in_system(self) -> int:
         return self.running + len(self.queue)
@@ -307,7 +333,7 @@ class SimEndpoint:
             and self.batch < self.max_batch
             and self.kv_used_tokens + req.kv_tokens <= self.kv_capacity_tokens
         ):
-            # Cut the segment at the next step boundary so that the prefill starts there.
+            # Cut the segment at the next step boundary so that the prompt's first chunk goes there.
             step_s = self.seg_step_s
             done = math.ceil((now_s - self.act_start_s) / step_s - 1e-9) if step_s > 0 else 0
             if done < 0:
@@ -319,36 +345,48 @@ class SimEndpoint:
         return False
 
     def wake(self, now_s: float, completed: list[SimRequest]) -> None:
-        """Finish the activity due at ``now_s`` (appending the requests that complete to ``completed``)
-        and start the next one. Always re-schedules (the caller pushes :attr:`wake_s` if finite)."""
+        """Finish the step or segment due at ``now_s`` (appending the requests that complete to
+        ``completed``) and start the next one. Always re-schedules (the caller pushes :attr:`wake_s` if
+        finite)."""
         mode = self.mode
         meter = self.meter
-        if mode == _PREFILL:
-            req = self.prefilling
-            assert req is not None
-            self.prefilling = None
-            meter.prefill_s += now_s - self.act_start_s
-            req.first_token_s = now_s
-            if req.output_tokens <= 1:
-                self._complete(req, now_s, completed)
-            else:
-                steps = self.steps
-                req.finish_step = steps + req.output_tokens - 1
-                req.ctx_term = req.input_tokens + 1 - steps
-                self.ctx_base += req.ctx_term
-                self.batch += 1
-                heapq.heappush(self._heap, (req.finish_step, req.index, req))
+        if mode == _MIXED:
+            meter.prefill_s += self.prefill_share_s
+            meter.decode_s += (now_s - self.act_start_s) - self.prefill_share_s
+            if self.batch:
+                self._finish_decode_steps(1, now_s, completed)
+            steps = self.steps
+            prefilling = self.prefilling
+            for req, tokens in self._chunks:
+                req.prefill_left -= tokens
+                if req.prefill_left > 0:
+                    continue
+                # Prompts finish in admission order: the finished one is at the head.
+                prefilling.popleft()
+                req.first_token_s = now_s
+                if req.output_tokens <= 1:
+                    self._complete(req, now_s, completed)
+                else:
+                    req.finish_step = steps + req.output_tokens - 1
+                    req.ctx_term = req.input_tokens + 1 - steps
+                    self.ctx_base += req.ctx_term
+                    self.batch += 1
+                    heapq.heappush(self._heap, (req.finish_step, req.index, req))
+            self._chunks = []
         elif mode == _DECODE:
             meter.decode_s += now_s - self.act_start_s
-            self.steps += self.seg_steps
-            steps = self.steps
-            heap = self._heap
-            while heap and heap[0][0] <= steps:
-                req = heapq.heappop(heap)[2]
-                self.batch -= 1
-                self.ctx_base -= req.ctx_term
-                self._complete(req, now_s, completed)
+            self._finish_decode_steps(self.seg_steps, now_s, completed)
         self._start_next(now_s)
+
+    def _finish_decode_steps(self, k: int, now_s: float, completed: list[SimRequest]) -> None:
+        self.steps += k
+        steps = self.steps
+        heap = self._heap
+        while heap and heap[0][0] <= steps:
+            req = heapq.heappop(heap)[2]
+            self.batch -= 1
+            self.ctx_base -= req.ctx_term
+            self._complete(req, now_s, completed)
 
     def _complete(self, req: SimRequest, now_s: float, completed: list[SimRequest]) -> None:
         req.done_s = now_s
@@ -365,28 +403,54 @@ class SimEndpoint:
         self.wake_s = wake_s
         self.token += 1
 
+    def _prefill_s_per_token(self, input_tokens: int) -> float:
+        """A prompt's prefill time on an idle engine per token of it, seconds (memoised per length)."""
+        seconds = self._prefill_s.get(input_tokens)
+        if seconds is None:
+            n = input_tokens if input_tokens > 1 else 1
+            seconds = float(self._ttft(n, 0)) / 1000.0 / n
+            self._prefill_s[input_tokens] = seconds
+        return seconds
+
     def _start_next(self, now_s: float) -> None:
+        batch = self.batch
+        prefilling = self.prefilling
         queue = self.queue
-        if queue:
+        left = self.budget - batch  # tokens of this step left for prompt chunks
+        chunks = self._chunks
+        share_s = 0.0
+        for req in prefilling:
+            tokens = req.prefill_left if req.prefill_left < left else left
+            chunks.append((req, tokens))
+            share_s += self._prefill_s_per_token(req.input_tokens) * tokens
+            left -= tokens
+            if left <= 0:
+                break
+        while left > 0 and queue:
             head = queue[0]
             if (
-                self.batch < self.max_batch
-                and self.kv_used_tokens + head.kv_tokens <= self.kv_capacity_tokens
+                batch + len(prefilling) >= self.max_batch
+                or self.kv_used_tokens + head.kv_tokens > self.kv_capacity_tokens
             ):
-                queue.popleft()
-                self.kv_used_tokens += head.kv_tokens
-                self.prefilling = head
-                self.mode = _PREFILL
-                self.act_start_s = now_s
-                self.meter.set_busy(now_s, True)
-                n = head.input_tokens
-                ms = self._prefill_ms.get(n)
-                if ms is None:
-                    ms = float(self._ttft(n, 0))
-                    self._prefill_ms[n] = ms
-                self._schedule(now_s + ms / 1000.0)
-                return
-        batch = self.batch
+                break
+            queue.popleft()
+            self.kv_used_tokens += head.kv_tokens
+            prefilling.append(head)
+            tokens = head.prefill_left if head.prefill_left < left else left
+            chunks.append((head, tokens))
+            share_s += self._prefill_s_per_token(head.input_tokens) * tokens
+            left -= tokens
+        if chunks:
+            step_s = share_s
+            if batch:
+                mid_context = self.ctx_base / batch + self.steps
+                step_s += float(self._tpot(batch, int(mid_context + 0.5))) / 1000.0
+            self.mode = _MIXED
+            self.act_start_s = now_s
+            self.prefill_share_s = share_s
+            self.meter.set_busy(now_s, True)
+            self._schedule(now_s + step_s)
+            return
         if batch:
             remaining = self._heap[0][0] - self.steps
             k = remaining if remaining < self.segment_steps else self.segment_steps

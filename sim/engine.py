@@ -452,6 +452,7 @@ class Simulation:
                     profile,
                     meter,
                     max_batch=spec.max_batch_sequences if cfg.max_batch is None else cfg.max_batch,
+                    max_batched_tokens=spec.max_batched_tokens,
                     segment_steps=cfg.segment_steps,
                 )
             )

@@ -114,6 +114,12 @@ SHAPE_ERRORS: list[tuple[str, Mutation, str, str]] = [
         ">= 1",
     ),
     (
+        "engine token budget below two",
+        _set("pools[0].max_batched_tokens", 1),
+        "pools[0].max_batched_tokens",
+        ">= 2",
+    ),
+    (
         "bad telemetry mode",
         _set("pools[0].telemetry", "sometimes"),
         "pools[0].telemetry",

@@ -121,6 +121,12 @@ def test_a_pool_sets_its_engines_sequence_limit() -> None:
     assert eps and all(e.max_batch_sequences == 64 for e in eps)
 
 
+def test_a_pool_sets_its_engines_token_budget_per_step() -> None:
+    assert all(e.max_batched_tokens == 2048 for e in expand_pools([pool()], ZONES, CATALOG, MODELS))
+    eps = expand_pools([pool(max_batched_tokens=8192)], ZONES, CATALOG, MODELS)
+    assert eps and all(e.max_batched_tokens == 8192 for e in eps)
+
+
 def test_pools_expand_in_order_across_zones() -> None:
     eps = expand_pools(
         [
@@ -165,6 +171,12 @@ def test_pools_expand_in_order_across_zones() -> None:
         ([pool(max_context_tokens=0)], "pools[0].max_context_tokens", "1..131072"),
         ([pool(max_context_tokens=131073)], "pools[0].max_context_tokens", "1..131072"),
         ([pool(max_batch_sequences=0)], "pools[0].max_batch_sequences", "1..65536"),
+        ([pool(max_batched_tokens=256)], "pools[0].max_batched_tokens", "above max_batch_sequences (256)"),
+        (
+            [pool(max_batch_sequences=64, max_batched_tokens=64)],
+            "pools[0].max_batched_tokens",
+            "above max_batch_sequences (64)",
+        ),
         ([pool(address_template="{zone}-{index}")], "pools[0].address_template", "{pool} and {index}"),
         ([pool(metrics_url_template="http://{host}/metrics")], "pools[0].metrics_url_template", "{pool}"),
         ([pool(price_usd_per_hour=-1.0)], "pools[0].price_usd_per_hour", "> 0"),

@@ -697,9 +697,27 @@ def test_capacity_operating_point_meets_both_slos(shape: tuple[int, int]) -> Non
     assert rho < 1.0
     # TPOT including prefill stalls meets the target at the operating batch.
     assert step_s / (1.0 - rho) <= slo.tpot_ms / 1000.0 * (1 + 1e-9)
-    # Mean TTFT of the longest prompt, behind the decode step and the M/D/1 prefill queue, meets its target.
-    wait = rho * prefill_s / (2.0 * (1.0 - rho))
-    assert p.ttft_ms(c.input_bucket_tokens) / 1000.0 + step_s + wait <= slo.ttft_ms / 1000.0 * (1 + 1e-9)
+    # Mean TTFT of the longest prompt, behind the decode step in progress and the M/D/1 queue of prompts
+    # (each holding it for its prefill and a decode step per chunk), with a decode step beside each of its
+    # own chunks (2048-token steps less one token per decoding sequence), meets its target.
+    chunk = 2048 - cap.batch
+    queue_s = prefill_s + math.ceil(round(d.mean_input_tokens) / chunk) * step_s
+    wait = lam * queue_s * queue_s / (2.0 * (1.0 - lam * queue_s))
+    own_steps = 1 + math.ceil(c.input_bucket_tokens / chunk)
+    longest_s = p.ttft_ms(c.input_bucket_tokens) / 1000.0 + own_steps * step_s
+    assert longest_s + wait <= slo.ttft_ms / 1000.0 * (1 + 1e-9)
+
+
+def test_capacity_falls_with_a_smaller_step_budget_when_ttft_binds() -> None:
+    # Long prompts: TTFT binds. A smaller budget per step splits each prompt into more chunks, each with a
+    # decode step beside it, so fewer requests/s meet the TTFT target; the budget cannot add capacity.
+    p = LinearProfile()
+    c, d = _demand(8192, 256, LatencySlo(ttft_ms=2000.0, tpot_ms=100.0))
+    wide = class_capacity(p, c, d, max_context_tokens=131072, max_batched_tokens=16384)
+    default = class_capacity(p, c, d, max_context_tokens=131072)
+    narrow = class_capacity(p, c, d, max_context_tokens=131072, max_batched_tokens=512)
+    assert default.binding == "ttft"
+    assert narrow.requests_per_s < default.requests_per_s < wide.requests_per_s
 
 
 def test_capacity_scales_with_headroom_and_shrinks_with_a_tighter_slo() -> None:

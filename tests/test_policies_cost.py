@@ -109,8 +109,10 @@ def test_a_full_engine_batch_caps_the_decode_batch_and_makes_the_request_wait() 
     step_ms = 10 + 8 * (0.5 + 0.1 * (1000 + 100) / 1000)  # FAST's decode step at batch 8, context 1100
     prefill_ms = 10 + 1000 / 20
     waits_for = 12 + 1 - 8
-    expected_ttft_ms = prefill_ms + 0.5 * step_ms + waits_for * (200 / 8) * step_ms
+    # Half the step in progress, one step beside the prompt's single chunk (1000 tokens < 2048 - 8), and the
+    # steps until enough sequences finish.
+    expected_ttft_ms = prefill_ms + 1.5 * step_ms + waits_for * (200 / 8) * step_ms
     assert full_p.ttft_ms == pytest.approx(expected_ttft_ms)
-    assert below_p.ttft_ms < prefill_ms + step_ms
+    assert below_p.ttft_ms < prefill_ms + 2 * step_ms  # no wait for a sequence to finish
     # Utilisation is counted against the engine's limit when that is below the TPOT batch limit.
     assert full_p.utilization_ratio == pytest.approx(1.0)

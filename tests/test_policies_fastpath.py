@@ -165,9 +165,10 @@ def test_retry_delay_is_the_queue_drain_time() -> None:
         )
     d = policy.place(dataclasses.replace(req, request_id="late"), snapshot, EMPTY_PLAN, ledger, 0.0)
     assert isinstance(d, Refused)
-    # 8000 queued tokens: TTFT 10 + (2000 + 8000) / 20 = 510 ms, plus half the decode step in progress
-    # (batch 5, context 2100: (10 + 5 * 0.71) / 2 = 6.775 ms): 16.775 ms over, that much must drain.
-    assert d.retry_after_s == pytest.approx(0.016775)
+    # 8000 queued tokens: TTFT 10 + (2000 + 8000) / 20 = 510 ms, plus half the decode step in progress and
+    # one beside each of the ceil(10000 / (2048 - 4)) = 5 chunks of prefill (batch 5, context 2100: a step
+    # of 10 + 5 * 0.71 = 13.55 ms; 5.5 x 13.55 = 74.525 ms): 84.525 ms over, that much must drain.
+    assert d.retry_after_s == pytest.approx(0.084525)
 
 
 def test_class_missing_from_plan_spills_and_asks_for_replan() -> None:

@@ -115,9 +115,10 @@ def test_latency_ttft_then_tpot() -> None:
     # TPOT at batch 11, context 1100: a step of 10 + 11 * 0.61 = 16.71 ms plus the prefill stalls of the 10
     # sequences telemetry reports (the ledger knows none of them, so each is charged this request's own
     # 60 ms prefill over its 200 output tokens): 16.71 + 10 * 60 / 200 = 19.71 ms. TTFT: the prompt's
-    # 10 + 1000 / 20 = 60 ms after half the decode step in progress: 60 + 16.71 / 2 = 68.355 ms.
-    assert f.filter(ctx_for(make_request(ttft_ms=68.36, tpot_ms=19.71), snap), t) is None
-    r = f.filter(ctx_for(make_request(ttft_ms=68.35), snap), t)
+    # 10 + 1000 / 20 = 60 ms after half the decode step in progress, and one step beside its single chunk
+    # (1000 tokens < 2048 - 10): 60 + 1.5 * 16.71 = 85.065 ms.
+    assert f.filter(ctx_for(make_request(ttft_ms=85.07, tpot_ms=19.71), snap), t) is None
+    r = f.filter(ctx_for(make_request(ttft_ms=85.06), snap), t)
     assert r is not None and r.reason is RejectReason.SLO_TTFT
     r = f.filter(ctx_for(make_request(tpot_ms=19.7), snap), t)
     assert r is not None and r.reason is RejectReason.SLO_TPOT and "batch 11" in r.detail
@@ -141,12 +142,29 @@ def test_tpot_counts_the_prefill_stalls_the_ledger_books() -> None:
     assert ctx_for(make_request(), snap, ledger).estimate(t).stall_ms == pytest.approx(3 * 60 / 200)
 
 
+def test_the_stall_per_step_is_capped_at_one_chunk_of_prefill() -> None:
+    from test_policies_ledger import lease
+
+    # Stalls booked beyond what one step's chunk of prompt costs cannot slow the decode further: the engine
+    # carries at most max_batched_tokens - decoding prompt tokens a step (the rest queues, a TTFT matter).
+    t, snap = one(make_state(make_spec("e1"), running=2))
+    ledger = ReservationLedger()
+    for i in range(2):
+        ledger.reserve(dataclasses.replace(lease(f"l{i}", endpoint_id="e1"), stall_us_per_step=500_000))
+    e = ctx_for(make_request(), snap, ledger).estimate(t)
+    assert e.stall_ms == pytest.approx(10 + (2048 - 2) / 20)  # FAST's prefill of a 2046-token chunk
+    small = dataclasses.replace(make_spec("e1"), max_batched_tokens=512)
+    t, snap = one(make_state(small, running=2))
+    assert ctx_for(make_request(), snap, ledger).estimate(t).stall_ms == pytest.approx(10 + 510 / 20)
+
+
 def test_latency_counts_waiting_requests_as_queued_prefill() -> None:
     t, snap = one(make_state(make_spec("e1"), waiting=2))
     ctx = ctx_for(make_request(ttft_ms=160.0), snap)
-    # 2 waiting x 1024 assumed prompt tokens queued: 10 + (1000 + 2048) / 20 = 162.4 ms, plus half a decode
-    # step at batch 3, context 1100: (10 + 3 * 0.61) / 2 = 5.915 ms.
-    assert ctx.estimate(t).ttft_ms == pytest.approx(168.315)
+    # 2 waiting x 1024 assumed prompt tokens queued: 10 + (1000 + 2048) / 20 = 162.4 ms, plus half the decode
+    # step in progress and one beside each of the ceil(3048 / (2048 - 2)) = 2 chunks, at batch 3, context
+    # 1100: 2.5 x (10 + 3 * 0.61) = 29.575 ms.
+    assert ctx.estimate(t).ttft_ms == pytest.approx(191.975)
     r = LatencyFilter().filter(ctx, t)
     assert r is not None and r.reason is RejectReason.SLO_TTFT
 

@@ -3,18 +3,22 @@ below saturation. The simulator must match the closed form from the serving prof
 
 Closed form (steady state; ``n`` prompt tokens, ``o`` output tokens, one request every ``T = 1 / rate``):
 
-* ``p = ttft_ms(n, 0)``: each prompt is prefilled alone, stalling the decode batch; prefill takes the share
-  ``rate x p`` of the engine's time (below 1: below saturation).
+* ``p = ttft_ms(n, 0)``: each prompt's prefill costs the engine ``p``, spread over the ``k = ceil(n / (C -
+  B))`` steps that carry its chunks (``C`` the endpoint's ``max_batched_tokens``, ``B`` the sequences
+  decoding beside it, one token of the budget each); prefill takes the share ``rate x p`` of the engine's
+  time (below 1: below saturation).
 * Decode: every request needs ``o - 1`` steps. Over a period ``T`` the engine decodes for ``T - p``, so
   with step time ``t`` the mean batch is ``B = (o - 1) x t / (T - p)`` and a request's decode lasts
   ``B x T``: ``TPOT = t / (1 - rate x p)`` where ``t = tpot_ms(B, n + o / 2)`` (fixed point in ``B``;
   exact for the roofline, linear in batch x context in the memory-bound regime).
 * TTFT: a request arrives during a decode step, waits for it to end (half a step on average), then is
-  prefilled at once: ``TTFT = p + t / 2``.
+  prefilled in ``k`` steps, each also decoding the batch: ``TTFT = p + t / 2 + k x t``.
 * Throughput: ``rate`` requests/s; cost per million tokens: ``price_per_s / (rate x (n + o)) x 1e6``.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -78,7 +82,8 @@ def test_one_endpoint_at_a_fixed_rate_matches_the_closed_form(
         t = profile.tpot_ms(batch, n + o // 2) / 1000.0  # type: ignore[arg-type]  # a mean batch
         batch = (o - 1) * t * rate / (1.0 - rate * p)
     assert batch > 2  # the requests really overlap: continuous batching is exercised
-    ttft_ms = (p + t / 2.0) * 1000.0
+    chunk_steps = math.ceil(n / (spec.max_batched_tokens - math.ceil(batch)))
+    ttft_ms = (p + t / 2.0 + chunk_steps * t) * 1000.0
     tpot_ms = t / (1.0 - rate * p) * 1000.0
     usd_per_mtok = spec.price_usd_per_hour / 3600.0 / (rate * (n + o)) * 1e6
     end_s = (requests - 1) * period + (ttft_ms + (o - 1) * tpot_ms) / 1000.0

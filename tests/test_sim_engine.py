@@ -171,17 +171,32 @@ def test_a_lone_request_takes_its_prefill_then_its_decode_steps() -> None:
     assert r.end_s == pytest.approx(0.21)
 
 
-def test_an_arrival_mid_step_waits_for_the_step_then_is_prefilled_before_decoding_resumes() -> None:
+def test_an_arrival_mid_step_waits_for_the_step_then_is_prefilled_beside_the_decode() -> None:
     # A decodes from 0.100 in 11 ms steps; B arrives at 0.105, mid-way through A's first step. The step
-    # ends at 0.111, B's prefill runs 0.111-0.211 (A stalled), then both decode in 12 ms steps: B's 4
-    # steps end at 0.259, A's last 5 steps alone (11 ms) end at 0.314.
+    # ends at 0.111; the next step decodes A and prefills B's whole prompt (one chunk: 1000 tokens within
+    # the 2048-token budget less A's one), 11 + 100 ms, so B's first token is out at 0.222. Then both decode
+    # in 12 ms steps: B's 4 steps end at 0.270; A, with 6 of its 10 steps done, ends alone at 0.314.
     r = run([(0.0, 1000, 11), (0.105, 1000, 5)])
     a, b = r.outcomes
-    assert b.ttft_ms == pytest.approx(106.0)
-    assert b.completed_s == pytest.approx(0.259)
+    assert b.ttft_ms == pytest.approx(117.0)
+    assert b.completed_s == pytest.approx(0.270)
     assert b.tpot_ms == pytest.approx(12.0)
     assert a.completed_s == pytest.approx(0.314)
     assert a.tpot_ms == pytest.approx((0.314 - 0.100) / 10 * 1000)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_and_the_decode_goes_on_meanwhile() -> None:
+    # A (1000 tokens, 41 out) decodes in 11 ms steps from 0.100. B's 5000-token prompt arrives at 0.105:
+    # budget 2048 less A's token leaves 2047 per step, so B takes 3 steps (2047 + 2047 + 906 tokens) of
+    # 11 ms of decode plus its share of the 500 ms prefill each. A gets a token every step meanwhile: it is
+    # slowed by B's chunks (at most 205 ms per step), never stopped for B's whole prompt.
+    r = run([(0.0, 1000, 41), (0.105, 5000, 2)])
+    a, b = r.outcomes
+    assert b.ttft_ms == pytest.approx((0.111 + 3 * 0.011 + 0.5 - 0.105) * 1000)
+    assert a.completed_s == pytest.approx(0.1 + 40 * 0.011 + 0.5 + 0.001)  # B's decode step: batch 2
+    # With the budget at or below the batch limit the engine could never prefill: refused.
+    with pytest.raises(ValueError, match="max_batched_tokens"):
+        run([(0.0, 10, 2)], max_batch=4096)
 
 
 def test_a_full_batch_queues_the_next_request() -> None:
@@ -198,11 +213,11 @@ def test_kv_memory_queues_until_a_completion_frees_it() -> None:
     r = simulate(trace, fleet, FirstFit(fleet.serving), SimConfig())
     a, b = r.outcomes
     assert b.ttft_ms == pytest.approx((0.21 + 0.049 - 0.05) * 1000)
-    # With room for both, B's prefill follows A's at once (prefill before decode).
+    # With room for both, B's prompt is prefilled in the step after A's, beside A's first decode.
     fleet = toy_fleet(1, ToyProfile(kv_capacity_tokens=1503))
     a, b = simulate(trace, fleet, FirstFit(fleet.serving), SimConfig()).outcomes
-    assert b.ttft_ms == pytest.approx((0.1 + 0.049 - 0.05) * 1000)
-    assert a.completed_s == pytest.approx(0.1 + 0.049 + 0.012 + 9 * 0.011)
+    assert b.ttft_ms == pytest.approx((0.1 + 0.011 + 0.049 - 0.05) * 1000)  # beside A's first decode step
+    assert a.completed_s == pytest.approx(0.1 + 0.060 + 0.012 + 8 * 0.011)
 
 
 def test_a_request_that_can_never_fit_is_rejected_by_the_endpoint_and_its_placement_released() -> None:
@@ -367,7 +382,7 @@ def test_arrivals_and_completions_reach_the_policy_in_order() -> None:
     policy = FirstFit(fleet.serving)
     simulate(toy_trace([(0.0, 1000, 11), (0.105, 1000, 5)]), fleet, policy, SimConfig())
     assert [kind for kind, _ in policy.calls] == ["place", "place", "complete", "complete"]
-    assert [t for _, t in policy.calls] == pytest.approx([0.0, 0.105, 0.259, 0.314])
+    assert [t for _, t in policy.calls] == pytest.approx([0.0, 0.105, 0.270, 0.314])
 
 
 # ------------------------------------------------------------------------------------ plan-driven scaling

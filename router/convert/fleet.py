@@ -104,6 +104,7 @@ def _endpoint_to_proto(state: EndpointState) -> fleet_pb2.EndpointState:
         max_context_tokens=spec.max_context_tokens,
         reserved=spec.reserved,
         max_batch_sequences=spec.max_batch_sequences,
+        max_batched_tokens=spec.max_batched_tokens,
     )
     if load.received_at_s is not None:
         msg.load.last_telemetry_at.CopyFrom(timestamp_from_seconds(load.received_at_s))

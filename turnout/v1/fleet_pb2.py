@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from turnout.v1 import common_pb2 as turnout_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16turnout/v1/fleet.proto\x12\nturnout.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17turnout/v1/common.proto\"\xe5\x03\n\x0fTelemetryReport\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12/\n\x0bobserved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x10running_requests\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10waiting_requests\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12!\n\x14kv_cache_usage_ratio\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0bpower_watts\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x1e\n\x11utilization_ratio\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x1d\n\x10observed_ttft_ms\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x1d\n\x10observed_tpot_ms\x18\t \x01(\x01H\x06\x88\x01\x01\x12\x14\n\x07healthy\x18\n \x01(\x08H\x07\x88\x01\x01\x42\x13\n\x11_running_requestsB\x13\n\x11_waiting_requestsB\x17\n\x15_kv_cache_usage_ratioB\x0e\n\x0c_power_wattsB\x14\n\x12_utilization_ratioB\x13\n\x11_observed_ttft_msB\x13\n\x11_observed_tpot_msB\n\n\x08_healthy\"U\n\x12TelemetryRejection\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\"f\n\x0cTelemetryAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x10\n\x08rejected\x18\x02 \x01(\x04\x12\x32\n\nrejections\x18\x03 \x03(\x0b\x32\x1e.turnout.v1.TelemetryRejection\"#\n\x12GetSnapshotRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xfb\x01\n\x0c\x45ndpointLoad\x12\x18\n\x10running_requests\x18\x01 \x01(\x03\x12\x18\n\x10waiting_requests\x18\x02 \x01(\x03\x12\x1c\n\x14kv_cache_usage_ratio\x18\x03 \x01(\x01\x12\x13\n\x0bpower_watts\x18\x04 \x01(\x01\x12\x19\n\x11utilization_ratio\x18\x05 \x01(\x01\x12\x18\n\x10observed_ttft_ms\x18\x06 \x01(\x01\x12\x18\n\x10observed_tpot_ms\x18\x07 \x01(\x01\x12\x35\n\x11last_telemetry_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x02\n\rEndpointState\x12)\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x17.turnout.v1.EndpointRef\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.turnout.v1.EndpointStatus\x12&\n\x04load\x18\x03 \x01(\x0b\x32\x18.turnout.v1.EndpointLoad\x12\x11\n\ttp_degree\x18\x04 \x01(\x05\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x1a\n\x12price_usd_per_hour\x18\x06 \x01(\x01\x12\x1a\n\x12max_context_tokens\x18\x07 \x01(\x03\x12\x14\n\x0c\x64rain_reason\x18\x08 \x01(\t\x12\x32\n\x0e\x64rain_deadline\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08reserved\x18\n \x01(\x08\x12\x1b\n\x13max_batch_sequences\x18\x0b \x01(\x05\"R\n\x04Zone\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x17\n\x0fpower_cap_watts\x18\x03 \x01(\x01\x12\x13\n\x0bpower_watts\x18\x04 \x01(\x01\"\xad\x01\n\rFleetSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12,\n\x08taken_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\tendpoints\x18\x03 \x03(\x0b\x32\x19.turnout.v1.EndpointState\x12\x1f\n\x05zones\x18\x04 \x03(\x0b\x32\x10.turnout.v1.Zone\x12\x0e\n\x06models\x18\x05 \x03(\t\"\x10\n\x0eGetPlanRequest\"\xa5\x01\n\x0cPlanEndpoint\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12=\n\x0b\x63lass_share\x18\x03 \x03(\x0b\x32(.turnout.v1.PlanEndpoint.ClassShareEntry\x1a\x31\n\x0f\x43lassShareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"4\n\nPoolTarget\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65sired_replicas\x18\x02 \x01(\x05\"\xfd\x02\n\x04Plan\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x03 \x01(\t\x12+\n\tendpoints\x18\x04 \x03(\x0b\x32\x18.turnout.v1.PlanEndpoint\x12%\n\x05pools\x18\x05 \x03(\x0b\x32\x16.turnout.v1.PoolTarget\x12#\n\x1bpredicted_cost_usd_per_hour\x18\x06 \x01(\x01\x12Q\n\x1apredicted_zone_power_watts\x18\x07 \x03(\x0b\x32-.turnout.v1.Plan.PredictedZonePowerWattsEntry\x12\x15\n\rsolve_seconds\x18\x08 \x01(\x01\x1a>\n\x1cPredictedZonePowerWattsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x88\x01\n\x0c\x44rainRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.turnout.v1.DrainReason\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0eUndrainRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\"%\n\rDrainResponse\x12\x14\n\x0c\x65ndpoint_ids\x18\x01 \x03(\t*\xa3\x01\n\x0e\x45ndpointStatus\x12\x1f\n\x1b\x45NDPOINT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NDPOINT_STATUS_READY\x10\x01\x12\x19\n\x15\x45NDPOINT_STATUS_STALE\x10\x02\x12\x1d\n\x19\x45NDPOINT_STATUS_UNHEALTHY\x10\x03\x12\x1b\n\x17\x45NDPOINT_STATUS_DRAINED\x10\x04*m\n\x0b\x44rainReason\x12\x1c\n\x18\x44RAIN_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44RAIN_REASON_MAINTENANCE\x10\x01\x12\"\n\x1e\x44RAIN_REASON_SPOT_INTERRUPTION\x10\x02\x32\xd6\x02\n\x05\x46leet\x12J\n\x0fReportTelemetry\x12\x1b.turnout.v1.TelemetryReport\x1a\x18.turnout.v1.TelemetryAck(\x01\x12H\n\x0bGetSnapshot\x12\x1e.turnout.v1.GetSnapshotRequest\x1a\x19.turnout.v1.FleetSnapshot\x12\x37\n\x07GetPlan\x12\x1a.turnout.v1.GetPlanRequest\x1a\x10.turnout.v1.Plan\x12<\n\x05\x44rain\x12\x18.turnout.v1.DrainRequest\x1a\x19.turnout.v1.DrainResponse\x12@\n\x07Undrain\x12\x1a.turnout.v1.UndrainRequest\x1a\x19.turnout.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16turnout/v1/fleet.proto\x12\nturnout.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17turnout/v1/common.proto\"\xe5\x03\n\x0fTelemetryReport\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12/\n\x0bobserved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x10running_requests\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10waiting_requests\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12!\n\x14kv_cache_usage_ratio\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0bpower_watts\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x1e\n\x11utilization_ratio\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x1d\n\x10observed_ttft_ms\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x1d\n\x10observed_tpot_ms\x18\t \x01(\x01H\x06\x88\x01\x01\x12\x14\n\x07healthy\x18\n \x01(\x08H\x07\x88\x01\x01\x42\x13\n\x11_running_requestsB\x13\n\x11_waiting_requestsB\x17\n\x15_kv_cache_usage_ratioB\x0e\n\x0c_power_wattsB\x14\n\x12_utilization_ratioB\x13\n\x11_observed_ttft_msB\x13\n\x11_observed_tpot_msB\n\n\x08_healthy\"U\n\x12TelemetryRejection\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\"f\n\x0cTelemetryAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x10\n\x08rejected\x18\x02 \x01(\x04\x12\x32\n\nrejections\x18\x03 \x03(\x0b\x32\x1e.turnout.v1.TelemetryRejection\"#\n\x12GetSnapshotRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xfb\x01\n\x0c\x45ndpointLoad\x12\x18\n\x10running_requests\x18\x01 \x01(\x03\x12\x18\n\x10waiting_requests\x18\x02 \x01(\x03\x12\x1c\n\x14kv_cache_usage_ratio\x18\x03 \x01(\x01\x12\x13\n\x0bpower_watts\x18\x04 \x01(\x01\x12\x19\n\x11utilization_ratio\x18\x05 \x01(\x01\x12\x18\n\x10observed_ttft_ms\x18\x06 \x01(\x01\x12\x18\n\x10observed_tpot_ms\x18\x07 \x01(\x01\x12\x35\n\x11last_telemetry_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x03\n\rEndpointState\x12)\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x17.turnout.v1.EndpointRef\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.turnout.v1.EndpointStatus\x12&\n\x04load\x18\x03 \x01(\x0b\x32\x18.turnout.v1.EndpointLoad\x12\x11\n\ttp_degree\x18\x04 \x01(\x05\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x1a\n\x12price_usd_per_hour\x18\x06 \x01(\x01\x12\x1a\n\x12max_context_tokens\x18\x07 \x01(\x03\x12\x14\n\x0c\x64rain_reason\x18\x08 \x01(\t\x12\x32\n\x0e\x64rain_deadline\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08reserved\x18\n \x01(\x08\x12\x1b\n\x13max_batch_sequences\x18\x0b \x01(\x05\x12\x1a\n\x12max_batched_tokens\x18\x0c \x01(\x05\"R\n\x04Zone\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x17\n\x0fpower_cap_watts\x18\x03 \x01(\x01\x12\x13\n\x0bpower_watts\x18\x04 \x01(\x01\"\xad\x01\n\rFleetSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12,\n\x08taken_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\tendpoints\x18\x03 \x03(\x0b\x32\x19.turnout.v1.EndpointState\x12\x1f\n\x05zones\x18\x04 \x03(\x0b\x32\x10.turnout.v1.Zone\x12\x0e\n\x06models\x18\x05 \x03(\t\"\x10\n\x0eGetPlanRequest\"\xa5\x01\n\x0cPlanEndpoint\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12=\n\x0b\x63lass_share\x18\x03 \x03(\x0b\x32(.turnout.v1.PlanEndpoint.ClassShareEntry\x1a\x31\n\x0f\x43lassShareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"4\n\nPoolTarget\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65sired_replicas\x18\x02 \x01(\x05\"\xfd\x02\n\x04Plan\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x03 \x01(\t\x12+\n\tendpoints\x18\x04 \x03(\x0b\x32\x18.turnout.v1.PlanEndpoint\x12%\n\x05pools\x18\x05 \x03(\x0b\x32\x16.turnout.v1.PoolTarget\x12#\n\x1bpredicted_cost_usd_per_hour\x18\x06 \x01(\x01\x12Q\n\x1apredicted_zone_power_watts\x18\x07 \x03(\x0b\x32-.turnout.v1.Plan.PredictedZonePowerWattsEntry\x12\x15\n\rsolve_seconds\x18\x08 \x01(\x01\x1a>\n\x1cPredictedZonePowerWattsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x88\x01\n\x0c\x44rainRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.turnout.v1.DrainReason\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0eUndrainRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\"%\n\rDrainResponse\x12\x14\n\x0c\x65ndpoint_ids\x18\x01 \x03(\t*\xa3\x01\n\x0e\x45ndpointStatus\x12\x1f\n\x1b\x45NDPOINT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NDPOINT_STATUS_READY\x10\x01\x12\x19\n\x15\x45NDPOINT_STATUS_STALE\x10\x02\x12\x1d\n\x19\x45NDPOINT_STATUS_UNHEALTHY\x10\x03\x12\x1b\n\x17\x45NDPOINT_STATUS_DRAINED\x10\x04*m\n\x0b\x44rainReason\x12\x1c\n\x18\x44RAIN_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44RAIN_REASON_MAINTENANCE\x10\x01\x12\"\n\x1e\x44RAIN_REASON_SPOT_INTERRUPTION\x10\x02\x32\xd6\x02\n\x05\x46leet\x12J\n\x0fReportTelemetry\x12\x1b.turnout.v1.TelemetryReport\x1a\x18.turnout.v1.TelemetryAck(\x01\x12H\n\x0bGetSnapshot\x12\x1e.turnout.v1.GetSnapshotRequest\x1a\x19.turnout.v1.FleetSnapshot\x12\x37\n\x07GetPlan\x12\x1a.turnout.v1.GetPlanRequest\x1a\x10.turnout.v1.Plan\x12<\n\x05\x44rain\x12\x18.turnout.v1.DrainRequest\x1a\x19.turnout.v1.DrainResponse\x12@\n\x07Undrain\x12\x1a.turnout.v1.UndrainRequest\x1a\x19.turnout.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLANENDPOINT_CLASSSHAREENTRY']._serialized_options = b'8\001'
   _globals['_PLAN_PREDICTEDZONEPOWERWATTSENTRY']._loaded_options = None
   _globals['_PLAN_PREDICTEDZONEPOWERWATTSENTRY']._serialized_options = b'8\001'
-  _globals['_ENDPOINTSTATUS']._serialized_start=2542
-  _globals['_ENDPOINTSTATUS']._serialized_end=2705
-  _globals['_DRAINREASON']._serialized_start=2707
-  _globals['_DRAINREASON']._serialized_end=2816
+  _globals['_ENDPOINTSTATUS']._serialized_start=2570
+  _globals['_ENDPOINTSTATUS']._serialized_end=2733
+  _globals['_DRAINREASON']._serialized_start=2735
+  _globals['_DRAINREASON']._serialized_end=2844
   _globals['_TELEMETRYREPORT']._serialized_start=97
   _globals['_TELEMETRYREPORT']._serialized_end=582
   _globals['_TELEMETRYREJECTION']._serialized_start=584
@@ -52,29 +52,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINTLOAD']._serialized_start=813
   _globals['_ENDPOINTLOAD']._serialized_end=1064
   _globals['_ENDPOINTSTATE']._serialized_start=1067
-  _globals['_ENDPOINTSTATE']._serialized_end=1424
-  _globals['_ZONE']._serialized_start=1426
-  _globals['_ZONE']._serialized_end=1508
-  _globals['_FLEETSNAPSHOT']._serialized_start=1511
-  _globals['_FLEETSNAPSHOT']._serialized_end=1684
-  _globals['_GETPLANREQUEST']._serialized_start=1686
-  _globals['_GETPLANREQUEST']._serialized_end=1702
-  _globals['_PLANENDPOINT']._serialized_start=1705
-  _globals['_PLANENDPOINT']._serialized_end=1870
-  _globals['_PLANENDPOINT_CLASSSHAREENTRY']._serialized_start=1821
-  _globals['_PLANENDPOINT_CLASSSHAREENTRY']._serialized_end=1870
-  _globals['_POOLTARGET']._serialized_start=1872
-  _globals['_POOLTARGET']._serialized_end=1924
-  _globals['_PLAN']._serialized_start=1927
-  _globals['_PLAN']._serialized_end=2308
-  _globals['_PLAN_PREDICTEDZONEPOWERWATTSENTRY']._serialized_start=2246
-  _globals['_PLAN_PREDICTEDZONEPOWERWATTSENTRY']._serialized_end=2308
-  _globals['_DRAINREQUEST']._serialized_start=2311
-  _globals['_DRAINREQUEST']._serialized_end=2447
-  _globals['_UNDRAINREQUEST']._serialized_start=2449
-  _globals['_UNDRAINREQUEST']._serialized_end=2500
-  _globals['_DRAINRESPONSE']._serialized_start=2502
-  _globals['_DRAINRESPONSE']._serialized_end=2539
-  _globals['_FLEET']._serialized_start=2819
-  _globals['_FLEET']._serialized_end=3161
+  _globals['_ENDPOINTSTATE']._serialized_end=1452
+  _globals['_ZONE']._serialized_start=1454
+  _globals['_ZONE']._serialized_end=1536
+  _globals['_FLEETSNAPSHOT']._serialized_start=1539
+  _globals['_FLEETSNAPSHOT']._serialized_end=1712
+  _globals['_GETPLANREQUEST']._serialized_start=1714
+  _globals['_GETPLANREQUEST']._serialized_end=1730
+  _globals['_PLANENDPOINT']._serialized_start=1733
+  _globals['_PLANENDPOINT']._serialized_end=1898
+  _globals['_PLANENDPOINT_CLASSSHAREENTRY']._serialized_start=1849
+  _globals['_PLANENDPOINT_CLASSSHAREENTRY']._serialized_end=1898
+  _globals['_POOLTARGET']._serialized_start=1900
+  _globals['_POOLTARGET']._serialized_end=1952
+  _globals['_PLAN']._serialized_start=1955
+  _globals['_PLAN']._serialized_end=2336
+  _globals['_PLAN_PREDICTEDZONEPOWERWATTSENTRY']._serialized_start=2274
+  _globals['_PLAN_PREDICTEDZONEPOWERWATTSENTRY']._serialized_end=2336
+  _globals['_DRAINREQUEST']._serialized_start=2339
+  _globals['_DRAINREQUEST']._serialized_end=2475
+  _globals['_UNDRAINREQUEST']._serialized_start=2477
+  _globals['_UNDRAINREQUEST']._serialized_end=2528
+  _globals['_DRAINRESPONSE']._serialized_start=2530
+  _globals['_DRAINRESPONSE']._serialized_end=2567
+  _globals['_FLEET']._serialized_start=2847
+  _globals['_FLEET']._serialized_end=3189
 # @@protoc_insertion_point(module_scope)

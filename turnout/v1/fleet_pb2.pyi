@@ -291,6 +291,7 @@ class EndpointState(_message.Message):
     DRAIN_DEADLINE_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
     MAX_BATCH_SEQUENCES_FIELD_NUMBER: _builtins.int
+    MAX_BATCHED_TOKENS_FIELD_NUMBER: _builtins.int
     status: Global___EndpointStatus.ValueType
     tp_degree: _builtins.int
     """Tensor-parallel degree and precision the model is served with."""
@@ -305,6 +306,8 @@ class EndpointState(_message.Message):
     """Cannot be turned off by the planner."""
     max_batch_sequences: _builtins.int
     """Sequences the serving engine decodes at once at most; requests beyond it queue in the engine."""
+    max_batched_tokens: _builtins.int
+    """Tokens the serving engine processes per step (one per decoding sequence, the rest for prompt chunks)."""
     @_builtins.property
     def endpoint(self) -> _common_pb2.EndpointRef: ...
     @_builtins.property
@@ -325,10 +328,11 @@ class EndpointState(_message.Message):
         drain_deadline: _timestamp_pb2.Timestamp | None = ...,
         reserved: _builtins.bool = ...,
         max_batch_sequences: _builtins.int = ...,
+        max_batched_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["drain_deadline", b"drain_deadline", "endpoint", b"endpoint", "load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_deadline", b"drain_deadline", "drain_reason", b"drain_reason", "endpoint", b"endpoint", "load", b"load", "max_batch_sequences", b"max_batch_sequences", "max_context_tokens", b"max_context_tokens", "precision", b"precision", "price_usd_per_hour", b"price_usd_per_hour", "reserved", b"reserved", "status", b"status", "tp_degree", b"tp_degree"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_deadline", b"drain_deadline", "drain_reason", b"drain_reason", "endpoint", b"endpoint", "load", b"load", "max_batch_sequences", b"max_batch_sequences", "max_batched_tokens", b"max_batched_tokens", "max_context_tokens", b"max_context_tokens", "precision", b"precision", "price_usd_per_hour", b"price_usd_per_hour", "reserved", b"reserved", "status", b"status", "tp_degree", b"tp_degree"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
