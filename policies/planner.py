@@ -382,8 +382,8 @@ def _prepare(
                 size=sum(tiers[t].size for t in tier_indices),
             )
         )
+        engine = (spec.max_batch_sequences, spec.max_batched_tokens)
         for ci in classes_by_model.get(spec.model, ()):
-            engine = (spec.max_batch_sequences, spec.max_batched_tokens)
             value = capacity_cache.get((hw, engine, ci))
             if value is None:
                 c = classes[ci]

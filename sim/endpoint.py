@@ -151,7 +151,7 @@ class SimEndpoint:
     __slots__ = (
         "_chunks",
         "_heap",
-        "_prefill_s",
+        "_prefill_s_per_token",
         "_tpot",
         "_ttft",
         "_window",
@@ -214,11 +214,11 @@ class SimEndpoint:
         self.max_context_tokens = spec.max_context_tokens
         self._ttft = profile.ttft_ms
         self._tpot = profile.tpot_ms
-        self._prefill_s: dict[int, float] = {}
+        self._prefill_s_per_token: dict[int, float] = {}  # prompt length -> prefill seconds per token
         self.queue: deque[SimRequest] = deque()
         self.prefilling: deque[SimRequest] = deque()  # admitted, prompt not yet fully prefilled
         self._chunks: list[tuple[SimRequest, int]] = []  # the prompt chunks of the step in progress
-        self.prefill_share_s = 0.0  # the step in progress's prefill seconds
+        self.prefill_share_s = 0.0  # the prefill seconds of the step in progress (its chunks' shares)
         self._heap: list[tuple[int, int, SimRequest]] = []  # (finish step, request index, request)
         self.batch = 0
         self.steps = 0
@@ -372,7 +372,7 @@ class SimEndpoint:
                     self.ctx_base += req.ctx_term
                     self.batch += 1
                     heapq.heappush(self._heap, (req.finish_step, req.index, req))
-            self._chunks = []
+            self._chunks.clear()
         elif mode == _DECODE:
             meter.decode_s += now_s - self.act_start_s
             self._finish_decode_steps(self.seg_steps, now_s, completed)
@@ -403,27 +403,27 @@ class SimEndpoint:
         self.wake_s = wake_s
         self.token += 1
 
-    def _prefill_s_per_token(self, input_tokens: int) -> float:
-        """A prompt's prefill time on an idle engine per token of it, seconds (memoised per length)."""
-        seconds = self._prefill_s.get(input_tokens)
-        if seconds is None:
-            n = input_tokens if input_tokens > 1 else 1
-            seconds = float(self._ttft(n, 0)) / 1000.0 / n
-            self._prefill_s[input_tokens] = seconds
-        return seconds
+    def _take_chunk(self, req: SimRequest, left: int) -> int:
+        """Put the next chunk of ``req``'s prompt, at most ``left`` tokens, into the step being formed: its
+        share of the prompt's prefill time on an idle engine (memoised per prompt length). Returns the
+        chunk's tokens."""
+        tokens = req.prefill_left if req.prefill_left < left else left
+        per_token_s = self._prefill_s_per_token.get(req.input_tokens)
+        if per_token_s is None:
+            n = req.input_tokens if req.input_tokens > 1 else 1
+            per_token_s = self._prefill_s_per_token[req.input_tokens] = float(self._ttft(n, 0)) / 1000.0 / n
+        self._chunks.append((req, tokens))
+        self.prefill_share_s += per_token_s * tokens
+        return tokens
 
     def _start_next(self, now_s: float) -> None:
         batch = self.batch
         prefilling = self.prefilling
         queue = self.queue
         left = self.budget - batch  # tokens of this step left for prompt chunks
-        chunks = self._chunks
-        share_s = 0.0
+        self.prefill_share_s = 0.0
         for req in prefilling:
-            tokens = req.prefill_left if req.prefill_left < left else left
-            chunks.append((req, tokens))
-            share_s += self._prefill_s_per_token(req.input_tokens) * tokens
-            left -= tokens
+            left -= self._take_chunk(req, left)
             if left <= 0:
                 break
         while left > 0 and queue:
@@ -436,18 +436,14 @@ class SimEndpoint:
             queue.popleft()
             self.kv_used_tokens += head.kv_tokens
             prefilling.append(head)
-            tokens = head.prefill_left if head.prefill_left < left else left
-            chunks.append((head, tokens))
-            share_s += self._prefill_s_per_token(head.input_tokens) * tokens
-            left -= tokens
-        if chunks:
-            step_s = share_s
+            left -= self._take_chunk(head, left)
+        if self._chunks:
+            step_s = self.prefill_share_s
             if batch:
                 mid_context = self.ctx_base / batch + self.steps
                 step_s += float(self._tpot(batch, int(mid_context + 0.5))) / 1000.0
             self.mode = _MIXED
             self.act_start_s = now_s
-            self.prefill_share_s = share_s
             self.meter.set_busy(now_s, True)
             self._schedule(now_s + step_s)
             return
