@@ -45,9 +45,13 @@ Predictions
 * cost and energy: :mod:`policies.cost` with ``prefill_s`` the request's own prefill time (TTFT on an idle
   endpoint, corrected), ``batch = B`` and the decode step without the stall (the time the engine
   spends prefilling other prompts is theirs: their input cost already pays for it).
-* capacity cost: the same cost at the endpoint's full SLO-feasible batch ``n_max`` (below), or the live
-  batch if larger: what a token costs on this silicon used as fully as the SLO allows, independent of how
-  busy the endpoint happens to be (scorer ``capacity_cost``).
+* capacity cost: the same cost by the profile alone, at the endpoint's full SLO-feasible batch ``n_max``
+  (below; the live batch only when no batch meets the target) and without the endpoint's learned
+  corrections: what a token costs on this silicon used as fully as the SLO allows, independent of how busy
+  the endpoint happens to be (scorer ``capacity_cost``). Identical endpoints get identical figures, so the
+  load decides between them: pricing a batch past ``n_max`` made the busiest endpoint the cheapest, and
+  per-endpoint corrections (each learned from its own completions at its own load) made one of several
+  identical replicas look a few per cent cheaper than the others; either piled a burst onto one replica.
 * utilisation: the reported ``utilization_ratio`` if any, else ``in_flight / n_max`` where ``n_max`` is the
   largest batch meeting the request's TPOT target at its class's longest context (memoised per class), at
   most ``max_batch``;
@@ -442,12 +446,12 @@ class Estimator:
         n_max = terms.n_max
         if n_max > max_batch:
             n_max = max_batch
-        full = n_max if n_max > batch else batch
+        full = n_max if n_max >= 1 else batch
         full_step_ms = steps.get(full)
         if full_step_ms is None:
             full_step_ms = steps[full] = float(serving.tpot_ms(full, self.context_tokens))
         full_in_usd, full_out_usd = request_cost_usd(
-            target.price_usd_per_s, prefill_s, output_tokens, full_step_ms * tpot_factor / 1000.0, full
+            target.price_usd_per_s, own_ms / 1000.0, output_tokens, full_step_ms / 1000.0, full
         )
         capacity_cost = (full_in_usd + full_out_usd + egress_usd) * 1e6 / tokens if tokens > 0 else 0.0
         reported = load.utilization_ratio

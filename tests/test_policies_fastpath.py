@@ -539,6 +539,33 @@ def test_spill_spreads_over_identical_endpoints_where_cheapest_feasible_piles_up
     assert max(chosen["cheapest_feasible"].values()) > 10
 
 
+def test_capacity_cost_prices_the_silicon_not_one_replicas_corrections_or_batch() -> None:
+    """Identical replicas cost the same at full use whatever one of them learned from its completions or
+    how far its live batch runs past the SLO-feasible one; otherwise the cheapest-looking replica takes a
+    whole burst (the live figures still differ: they are the request's own prediction)."""
+    specs = [make_spec(f"e{i}") for i in range(3)]
+    snapshot = make_snapshot([make_state(specs[0]), make_state(specs[1]), make_state(specs[2], running=90)])
+    policy = build_policy(PolicyConfig(), serving)
+    assert isinstance(policy, FastPath)
+    ledger = ReservationLedger(correction_weight=1.0)
+    learned = make_request("learned", input_tokens=400, expected_output_tokens=50, max_output_tokens=50)
+    placed = place_and_reserve(policy, ledger, learned, snapshot, EMPTY_PLAN, 0.0)
+    assert isinstance(placed, Placed) and placed.chosen.endpoint_id != "e2"
+    p = placed.chosen.prediction
+    ledger.complete(
+        f"lease-{learned.request_id}", observed_ttft_ms=0.3 * p.ttft_ms, observed_tpot_ms=0.5 * p.tpot_ms
+    )
+    assert ledger.booking(placed.chosen.endpoint_id).ttft_factor < 0.5
+    request = make_request("next", input_tokens=400, expected_output_tokens=50, max_output_tokens=50)
+    ctx = policy.context(request, policy.classify(request), snapshot, EMPTY_PLAN, ledger, 0.0)
+    eligible, _ = policy.targets(snapshot, request.model)
+    estimates = [ctx.estimate(t) for t in sorted(eligible, key=lambda t: t.endpoint_id)]
+    full = [e.capacity_cost_usd_per_million_tokens for e in estimates]
+    assert full == [pytest.approx(full[0], rel=1e-12)] * 3
+    live = [e.cost_usd_per_million_tokens for e in estimates]
+    assert len(set(live)) == 3
+
+
 def test_a_performance_model_plugs_in_through_serving_lookup() -> None:
     via_model = build_policy(PolicyConfig(), serving_lookup(FakePerformanceModel()))
     direct = turnout()
