@@ -445,8 +445,8 @@ class Simulation:
                 float(profile.power_w(0.0)),
                 float(profile.power_w(1.0)),
             )
-            self.endpoints.append(
-                SimEndpoint(
+            try:
+                endpoint = SimEndpoint(
                     i,
                     spec,
                     profile,
@@ -455,7 +455,9 @@ class Simulation:
                     max_batched_tokens=spec.max_batched_tokens,
                     segment_steps=cfg.segment_steps,
                 )
-            )
+            except ValueError as exc:  # an override that does not suit this endpoint's pool settings
+                raise SimError(f"endpoint {spec.endpoint_id}: {exc}") from exc
+            self.endpoints.append(endpoint)
             self.infos.append(
                 EndpointInfo(
                     spec.endpoint_id, spec.pool, spec.zone, spec.accelerator_kind, spec.instance_type

@@ -194,8 +194,9 @@ def test_a_long_prompt_is_prefilled_in_chunks_and_the_decode_goes_on_meanwhile()
     a, b = r.outcomes
     assert b.ttft_ms == pytest.approx((0.111 + 3 * 0.011 + 0.5 - 0.105) * 1000)
     assert a.completed_s == pytest.approx(0.1 + 40 * 0.011 + 0.5 + 0.001)  # B's decode step: batch 2
-    # With the budget at or below the batch limit the engine could never prefill: refused.
-    with pytest.raises(ValueError, match="max_batched_tokens"):
+    # With the budget at or below the batch limit the engine could never prefill: refused, naming the
+    # endpoint whose pool setting the override does not suit.
+    with pytest.raises(SimError, match=r"endpoint \S+: max_batched_tokens: must exceed max_batch \(4096\)"):
         run([(0.0, 10, 2)], max_batch=4096)
 
 
