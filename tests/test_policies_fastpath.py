@@ -35,6 +35,7 @@ from policies.demand import classify
 from policies.fastpath import FastPath
 from policies.framework import RejectReason
 from policies.ledger import ReservationLedger
+from policies.predict import Estimate
 from policies.registry import build_policy
 from policies.types import EMPTY_PLAN, PlacementRequest, Plan
 
@@ -510,14 +511,27 @@ def test_with_the_real_performance_model() -> None:
     assert ctx_costs == sorted(ctx_costs)
 
 
+def estimates(
+    policy: FastPath,
+    request: PlacementRequest,
+    snapshot: FleetSnapshot,
+    endpoint_ids: list[str],
+    ledger: ReservationLedger | None = None,
+) -> list[Estimate]:
+    """The estimates of ``request`` on each endpoint with no plan, as the spill profile sees them."""
+    ledger = ReservationLedger() if ledger is None else ledger
+    ctx = policy.context(request, policy.classify(request), snapshot, EMPTY_PLAN, ledger, 0.0)
+    eligible, _ = policy.targets(snapshot, request.model)
+    by_id = {t.endpoint_id: t for t in eligible}
+    return [ctx.estimate(by_id[e]) for e in endpoint_ids]
+
+
 def capacity_costs(
     policy: FastPath, request: PlacementRequest, snapshot: FleetSnapshot, endpoint_ids: list[str]
 ) -> list[float]:
     """The capacity cost per million tokens of ``request`` on each endpoint, as the spill profile sees it."""
-    ctx = policy.context(request, policy.classify(request), snapshot, EMPTY_PLAN, ReservationLedger(), 0.0)
-    eligible, _ = policy.targets(snapshot, request.model)
-    by_id = {t.endpoint_id: t for t in eligible}
-    return [ctx.estimate(by_id[e]).capacity_cost_usd_per_million_tokens for e in endpoint_ids]
+    each = estimates(policy, request, snapshot, endpoint_ids)
+    return [e.capacity_cost_usd_per_million_tokens for e in each]
 
 
 def test_spill_spreads_over_identical_endpoints_where_cheapest_feasible_piles_up() -> None:
@@ -557,12 +571,10 @@ def test_capacity_cost_prices_the_silicon_not_one_replicas_corrections_or_batch(
     )
     assert ledger.booking(placed.chosen.endpoint_id).ttft_factor < 0.5
     request = make_request("next", input_tokens=400, expected_output_tokens=50, max_output_tokens=50)
-    ctx = policy.context(request, policy.classify(request), snapshot, EMPTY_PLAN, ledger, 0.0)
-    eligible, _ = policy.targets(snapshot, request.model)
-    estimates = [ctx.estimate(t) for t in sorted(eligible, key=lambda t: t.endpoint_id)]
-    full = [e.capacity_cost_usd_per_million_tokens for e in estimates]
+    each = estimates(policy, request, snapshot, ["e0", "e1", "e2"], ledger)
+    full = [e.capacity_cost_usd_per_million_tokens for e in each]
     assert full == [pytest.approx(full[0], rel=1e-12)] * 3
-    live = [e.cost_usd_per_million_tokens for e in estimates]
+    live = [e.cost_usd_per_million_tokens for e in each]
     assert len(set(live)) == 3
 
 
