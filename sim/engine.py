@@ -31,7 +31,10 @@ their provisioning, telemetry reports, time-series samples, planner runs; arriva
   once the endpoints the plan turned on for its model have finished provisioning, so capacity is replaced
   before it is removed. Reserved endpoints stay on. A plan the planner could not
   improve (status ``*_kept_previous``) changes nothing. ``scaling="fixed"``: every endpoint is on for the
-  whole run.
+  whole run, and the planner is told so: every endpoint counts as reserved. Its price is paid whatever the
+  plan says, so the plan spreads each class over all the replicas that serve it instead of packing the
+  traffic onto the fewest and leaving the rest idle while bursts spill (a fixed fleet in production says
+  ``reserved: true`` on its pools for the same reason).
 
 The run ends when every arrived request has finished (or at ``horizon_s`` if given: requests still in the
 system then are counted "running"). Conservation is checked at the end: every arrived request is
@@ -47,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -591,9 +594,15 @@ class Simulation:
         )
 
     def _planner_snapshot(self, now_s: float) -> FleetSnapshot:
-        """Every endpoint eligible (the planner may turn any on), with its last reported load."""
+        """Every endpoint eligible (the planner may turn any on), with its last reported load. With fixed
+        scaling every endpoint is reserved: it is on and paid for whatever the plan says."""
+        fixed = self.config.scaling == "fixed"
         states = [
-            EndpointState(spec=ep.spec, load=self.loads[ep.index], status=EndpointStatus.READY)
+            EndpointState(
+                spec=replace(ep.spec, reserved=True) if fixed and not ep.spec.reserved else ep.spec,
+                load=self.loads[ep.index],
+                status=EndpointStatus.READY,
+            )
             for ep in self.endpoints
         ]
         return self._snapshot_of(states, now_s, cache=False)

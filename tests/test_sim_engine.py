@@ -449,3 +449,40 @@ def test_the_first_plan_sees_the_true_rate_with_the_start_up_correction() -> Non
     # Later plans: the corrected estimate stays on the true rate while the plain one is still rising.
     for (_, c), (_, p) in zip(corrected.demand_rates, plain.demand_rates, strict=True):
         assert c == pytest.approx(1.0, rel=0.05) and p < c
+
+
+class PlanFollowing(FirstFit):
+    """FirstFit that asks for the planner (``uses_plan``), as the router's policy does."""
+
+    @property
+    def uses_plan(self) -> bool:
+        return True
+
+
+class ReservedRecorder(ScriptedPlanner):
+    """Records, at every solve, which endpoints the snapshot marks reserved."""
+
+    def __init__(self) -> None:
+        super().__init__([(0.0, frozenset({"z1/toy/0", "z1/toy/1"}))])
+        self.reserved: list[frozenset[str]] = []
+
+    def solve(
+        self, snapshot: Any, demand: Any, profiles: Any, previous: Plan, now_s: float, *a: Any, **k: Any
+    ) -> Plan:
+        self.reserved.append(frozenset(s.spec.endpoint_id for s in snapshot.endpoints if s.spec.reserved))
+        return super().solve(snapshot, demand, profiles, previous, now_s, *a, **k)
+
+
+@pytest.mark.parametrize("scaling", ["fixed", "plan"])
+def test_a_fixed_fleet_is_reserved_to_the_planner(scaling: str) -> None:
+    # With fixed scaling nothing the plan says turns an endpoint off, and its price is paid anyway: the
+    # planner must see every endpoint as reserved, or it plans the traffic onto the fewest replicas.
+    fleet = toy_fleet(2)
+    planner = ReservedRecorder()
+    rows = [(float(t), 100, 2) for t in range(60)]
+    config = SimConfig(scaling=scaling, planner_interval_s=20.0)
+    simulate(toy_trace(rows), fleet, PlanFollowing(fleet.serving), config, planner=planner)
+    assert len(planner.reserved) >= 2
+    expected = frozenset({"z1/toy/0", "z1/toy/1"}) if scaling == "fixed" else frozenset()
+    assert all(r == expected for r in planner.reserved)
+    assert not any(spec.reserved for spec in fleet.endpoints)  # the fleet itself is unchanged
