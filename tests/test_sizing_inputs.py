@@ -240,7 +240,7 @@ def test_trace_buckets_shares_means_and_longest() -> None:
     assert w.requests == 4
 
 
-def test_trace_rate_is_a_percentile_of_window_rates() -> None:
+def test_trace_rate_is_a_percentile_of_requests_by_their_window_rate() -> None:
     # Windows of 10 s: 1, 2, 3, ..., 10 requests; then a last partial window of 6 s with 12 requests.
     rows: list[tuple[float, int, int]] = []
     for w in range(10):
@@ -249,7 +249,10 @@ def test_trace_rate_is_a_percentile_of_window_rates() -> None:
     trace = _trace(rows)
     p50 = workload_from_trace(trace, rate_percentile=50, window_s=10)  # type: ignore[arg-type]
     p100 = workload_from_trace(trace, rate_percentile=100, window_s=10)  # type: ignore[arg-type]
-    assert p50.rate_per_s == pytest.approx(0.6)  # 11 rates: 0.1..1.0 and 12 / 5.5 s; the 6th is 0.6
+    # 67 requests; from the quietest window the counts add up 1, 3, 6, 10, 15, 21, 28, 36: the 34th request
+    # arrives in the 0.8 requests/s window (the median of the 11 window rates would be 0.6: busy windows
+    # hold more of the requests).
+    assert p50.rate_per_s == pytest.approx(0.8)
     assert p100.rate_per_s == pytest.approx(12 / 5.5)  # span 105.5 s: the partial window is 5.5 s long
     assert p100.peak_rate_per_s == pytest.approx(12 / 5.5)
     assert "11 windows" in p50.rate_basis
