@@ -36,7 +36,8 @@ JSON schema (``"schema": "turnout.plan/1"``; fields are only ever added)::
       "plan": PLAN,                                       # the cheapest fleet over every candidate
       "single_type": [{"instance_type": str, ...PLAN}],   # the cheapest fleet of each instance type
       "candidates": [{"name": str, "model": str, "instance_type": str, "tp_degree": int,
-                      "precision": str, "replicas_per_instance": int, "price_usd_per_hour": float,
+                      "precision": str, "max_batched_tokens": int,
+                      "replicas_per_instance": int, "price_usd_per_hour": float,
                       "price_source": str, "price_estimated": bool, "idle_w": float, "max_w": float,
                       "power_source": str, "capacity_source": str,
                       "capacity_per_s": {BUCKET: float}, "binding": {BUCKET: str}}],
@@ -48,7 +49,8 @@ JSON schema (``"schema": "turnout.plan/1"``; fields are only ever added)::
             "power_w": {ZONE: float}, "power_w_total": float, "power_cap_w": {ZONE: float},
             "solve_seconds": float, "bound_usd_per_hour": float|null,
             "mix": [{"zone": str, "instance_type": str, "model": str, "tp_degree": int,
-                     "precision": str, "instances": int, "replicas": int, "usd_per_hour": float,
+                     "precision": str, "max_batched_tokens": int, "instances": int, "replicas": int,
+                     "usd_per_hour": float,
                      "load_ratio": float, "power_w": float, "request_share": float,
                      "share_by_bucket": {BUCKET: float}}]}
 
@@ -126,7 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=95.0,
         metavar="P",
-        help="plan for this percentile of the trace's per-window request rate (default 95; 100 = peak)",
+        help=(
+            "plan for the request rate of the window this percentile of requests arrives in "
+            "(default 95; 100 = the busiest window)"
+        ),
     )
     parser.add_argument(
         "--rate-window-s",
@@ -475,6 +480,7 @@ def _plan_data(result: SizingResult, inputs: _Inputs) -> dict[str, Any]:
                 "model": c.model,
                 "tp_degree": c.tp_degree,
                 "precision": c.precision.value,
+                "max_batched_tokens": c.max_batched_tokens,
                 "instances": e.instances,
                 "replicas": e.instances * c.replicas_per_instance,
                 "usd_per_hour": e.price_usd_per_hour,
@@ -553,6 +559,7 @@ def _json(inputs: _Inputs, solved: _Solved, prepare_s: float, total_s: float) ->
                 "instance_type": c.instance_type,
                 "tp_degree": c.tp_degree,
                 "precision": c.precision.value,
+                "max_batched_tokens": c.max_batched_tokens,
                 "replicas_per_instance": c.replicas_per_instance,
                 "price_usd_per_hour": c.price_usd_per_hour,
                 "price_source": c.price_source,
@@ -633,6 +640,7 @@ def _text(inputs: _Inputs, solved: _Solved, prepare_s: float, total_s: float) ->
                 "model",
                 "tp",
                 "prec",
+                "step",
                 "inst",
                 "replicas",
                 "USD/h",
@@ -651,6 +659,7 @@ def _text(inputs: _Inputs, solved: _Solved, prepare_s: float, total_s: float) ->
                     c.model,
                     str(c.tp_degree),
                     c.precision.value,
+                    str(c.max_batched_tokens),
                     str(e.instances),
                     str(d["replicas"]),
                     f"{e.price_usd_per_hour:.2f}",
@@ -659,7 +668,7 @@ def _text(inputs: _Inputs, solved: _Solved, prepare_s: float, total_s: float) ->
                     _kw(e.power_w),
                 ]
             )
-        lines.extend(_table(rows, {3, 5, 6, 7, 8, 9, 10}))
+        lines.extend(_table(rows, {3, 5, 6, 7, 8, 9, 10, 11}))
         caps = ", ".join(
             f"{z.name} {_kw(plan.power_w.get(z.name, 0.0))} of {_kw(z.power_cap_w)} kW" for z in inputs.zones
         )

@@ -16,6 +16,22 @@ A candidate configuration is (model, instance type, TP degree, precision); one i
   are the row's, else the smallest TP degree at which the model fits in memory at the first candidate
   precision the instance runs (what ``--fleet-out`` deploys).
 
+Step budget
+===========
+An engine prefills prompts in chunks beside its decoding sequences, at most ``max_batched_tokens``
+tokens a step (vLLM's ``max_num_batched_tokens``). A step carrying a chunk of ``C`` tokens of a prompt of
+``N`` tokens lasts about the decode step plus ``C / N`` of that prompt's prefill, and every sequence
+decoding meanwhile waits for it. On silicon whose prefill is slow a full default chunk outlasts the TPOT
+target by itself (a 2048-token chunk of a 7,000-token prompt: 190-730 ms on trn1 at TP 16-4, against
+about 45 ms on an H100), and a short answer that decodes beside one or two such steps misses its TPOT.
+Each modelled configuration therefore gets the largest budget of :data:`STEP_BUDGETS` whose step,
+carrying a full chunk of the workload's longest prompt beside one decoding sequence, still meets the
+tightest TPOT target of the workload (:func:`step_budget`): ``tpot(1, N) + (C - 1) ttft(N) / N <= T``. Its
+capacities are computed at that budget (more, smaller chunks cost a long prompt more decode steps before
+its first token, which :func:`~policies.capacity.class_capacity` counts), and ``--fleet-out`` writes it
+as the pool's ``max_batched_tokens``. Measured profiles keep the engine's default: the operator measured
+them at their own setting.
+
 Power of one instance: ``chips x chip_tdp_w`` whenever it is on with load (catalog rows, with their
 sources; Neuron TDPs and idle power are marked estimates there): an engine with work is busy and draws its
 full power, as in the router's planner (``policies.capacity``) and the simulator; ``chips x chip_idle_w``
@@ -37,7 +53,7 @@ import yaml
 
 from fleet.catalog import Catalog, InstanceType
 from fleet.perf import PerformanceModel
-from fleet.types import LatencySlo, Precision, Priority, ZoneSpec
+from fleet.types import DEFAULT_MAX_BATCHED_TOKENS, LatencySlo, Precision, Priority, ServingProfile, ZoneSpec
 from policies.capacity import class_capacity
 from policies.demand import BucketBounds, ClassDemand, classify
 from policies.sizing import SizingClass, SizingOption, SizingProblem, SizingResult, SizingZone
@@ -51,10 +67,16 @@ __all__ = [
     "fleet_config_text",
     "pool_name",
     "sizing_problem",
+    "step_budget",
     "type_reason",
 ]
 
 SloFor = Callable[[str, Priority], LatencySlo]
+
+STEP_BUDGETS = (DEFAULT_MAX_BATCHED_TOKENS, 1024, 512)
+"""The engine step budgets (``max_batched_tokens``) a configuration may get, largest first: the engine
+default, then smaller ones for silicon whose prefill is slow (each above the engine's default limit of 256
+sequences decoding at once, which a step must also carry)."""
 
 _BINDING_TEXT = {
     "no_fit": "the model does not fit in memory",
@@ -95,6 +117,7 @@ class Candidate:
     capacity: Mapping[str, Capacity]  # bucket name -> capacity of one instance
     capacity_source: str  # "performance model: ..." or "measured: FILE"
     max_context_tokens: int
+    max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS  # the engine's tokens per step (step budget)
 
     @property
     def name(self) -> str:
@@ -126,6 +149,7 @@ def _candidate(
     capacity: Mapping[str, Capacity],
     capacity_source: str,
     context: int,
+    max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
 ) -> Candidate:
     """A candidate with the instance's catalog price and power (module docstring)."""
     tdp_src = instance.sources.get("chip_tdp_w", "?")
@@ -149,6 +173,7 @@ def _candidate(
         capacity=MappingProxyType(dict(capacity)),
         capacity_source=capacity_source,
         max_context_tokens=context,
+        max_batched_tokens=max_batched_tokens,
     )
 
 
@@ -200,6 +225,19 @@ def _measured_candidate(
     return _candidate(instance, model, tp, precision, capacity, f"measured: {measured.origin}", context)
 
 
+def step_budget(profile: ServingProfile, longest_input_tokens: int, tpot_ms: float) -> int:
+    """The engine's tokens per step for a configuration (module docstring, "Step budget"): the largest of
+    :data:`STEP_BUDGETS` whose step, carrying a full chunk of the longest prompt beside one decoding
+    sequence, meets the TPOT target; the smallest when none does."""
+    n = max(1, longest_input_tokens)
+    chunk_ms_per_token = float(profile.ttft_ms(n)) / n
+    decode_ms = float(profile.tpot_ms(1, n))
+    for budget in STEP_BUDGETS:
+        if decode_ms + chunk_ms_per_token * (budget - 1) <= tpot_ms:
+            return budget
+    return STEP_BUDGETS[-1]
+
+
 def _modelled_candidates(
     instance: InstanceType,
     model: str,
@@ -215,6 +253,8 @@ def _modelled_candidates(
     """The candidates the performance model gives for ``model`` on ``instance``, and why others are not."""
     found: list[Candidate] = []
     why_not: list[str] = []
+    longest_input = max((b.longest_input_tokens for b in buckets), default=1)
+    tightest_tpot_ms = min((slo_for(model, b.priority).tpot_ms for b in buckets), default=math.inf)
     for tp in _tp_choices(instance, tp_choices):
         replicas = instance.chips // tp
         for precision in runnable:
@@ -225,6 +265,7 @@ def _modelled_candidates(
                 continue
             if not profile.fits:
                 continue
+            budget = step_budget(profile, longest_input, tightest_tpot_ms)
             capacity: dict[str, Capacity] = {}
             for b in buckets:
                 cls = TrafficClass(model, b.longest_input_tokens, b.longest_output_tokens, b.priority)
@@ -235,14 +276,19 @@ def _modelled_candidates(
                     slo=slo_for(model, b.priority),
                 )
                 cc = class_capacity(
-                    profile, cls, demand, max_context_tokens=context, headroom_ratio=headroom_ratio
+                    profile,
+                    cls,
+                    demand,
+                    max_context_tokens=context,
+                    max_batched_tokens=budget,
+                    headroom_ratio=headroom_ratio,
                 )
                 capacity[b.name] = Capacity(
                     cc.requests_per_s * replicas, cc.binding, profile.ttft_ms(b.longest_input_tokens)
                 )
             if any(c.requests_per_s > 0 for c in capacity.values()):
                 source = f"performance model: {profile.source}"
-                found.append(_candidate(instance, model, tp, precision, capacity, source, context))
+                found.append(_candidate(instance, model, tp, precision, capacity, source, context, budget))
             else:
                 why_not.append(_zero_reason(capacity))
     if not found and not why_not:
@@ -475,6 +521,7 @@ def fleet_config_text(
             "telemetry": "none",
         }
         pool["max_context_tokens"] = c.max_context_tokens
+        pool["max_batched_tokens"] = c.max_batched_tokens
         pools.append(pool)
     slo_models: dict[str, dict[str, dict[str, float]]] = {}
     for model in workload.models:

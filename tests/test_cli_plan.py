@@ -117,6 +117,7 @@ def test_fleet_out_is_a_loadable_fleet_with_the_mix(
     for key, pool in pools.items():
         assert pool.instances == planned[key]["instances"]
         assert pool.model == "llama-3.1-8b"
+        assert pool.max_batched_tokens == planned[key]["max_batched_tokens"]
     assert len(fleet.endpoints) == sum(m["replicas"] for m in d["plan"]["mix"])
     slo = config.slo.slo_for("llama-3.1-8b", Priority.STANDARD)
     assert (slo.ttft_ms, slo.tpot_ms) == (2000.0, 100.0)
@@ -212,7 +213,7 @@ def test_trace_input_plans_for_a_high_percentile_rate(capsys: pytest.CaptureFixt
     w = d["workload"]
     assert w["requests"] == 8819
     assert w["mean_rate_per_s"] < w["rate_per_s"] <= w["peak_rate_per_s"]
-    assert w["rate_basis"].startswith("p95 of the request rate per 10 s window")
+    assert w["rate_basis"].startswith("p95 of requests by the request rate of their 10 s window")
     assert sum(b["share"] for b in w["buckets"]) == pytest.approx(1.0)
 
 
@@ -272,3 +273,48 @@ def test_malformed_input_files_exit_2_naming_line_and_column(
     assert capsys.readouterr().err == (
         f"turnout plan: {csv}:2: column 6 (max_rps): must be a finite number > 0, got 'x'\n"
     )
+
+
+def test_slow_prefill_gets_a_smaller_step_budget_and_the_fleet_file_carries_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # trn1's prefill is several times slower than an H100's: a full 2048-token chunk of the code trace's
+    # longest prompts takes longer than the 100 ms TPOT target, so its configurations step 512 tokens at
+    # a time, while the H100's keep the engine's default.
+    out = tmp_path / "trn1.yaml"
+    code, d, _ = _plan(
+        capsys,
+        "--trace", "builtin:azure-code",
+        "--instance-types", "trn1.32xlarge,p5.48xlarge",
+        "--fleet-out", str(out),
+    )  # fmt: skip
+    assert code == 0
+    budgets = {(c["instance_type"], c["tp_degree"]): c["max_batched_tokens"] for c in d["candidates"]}
+    assert budgets[("trn1.32xlarge", 16)] == 512
+    assert budgets[("p5.48xlarge", 1)] == 2048
+    by_type = {s["instance_type"]: s for s in d["single_type"]}
+    assert {m["max_batched_tokens"] for m in by_type["trn1.32xlarge"]["mix"]} == {512}
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "tp"),
+    [("trn1.32xlarge", 4), ("trn1.32xlarge", 16), ("inf2.48xlarge", 12), ("p5.48xlarge", 1)],
+)
+def test_the_step_budget_is_the_largest_whose_chunk_step_meets_tpot(instance_type: str, tp: int) -> None:
+    from fleet.types import Precision
+    from sim.plan_fleet import STEP_BUDGETS, step_budget
+
+    profile = build_fleet(load_config(None)).performance.profile(
+        "llama-3.1-8b", instance_type, tp, Precision.FP8
+    )
+    longest, tpot_ms = 7000, 100.0
+
+    def step_ms(budget: int) -> float:
+        return profile.tpot_ms(1, longest) + (budget - 1) * profile.ttft_ms(longest) / longest
+
+    budget = step_budget(profile, longest, tpot_ms)
+    assert budget in STEP_BUDGETS
+    if budget != STEP_BUDGETS[-1]:
+        assert step_ms(budget) <= tpot_ms
+    larger = [b for b in STEP_BUDGETS if b > budget]
+    assert all(step_ms(b) > tpot_ms for b in larger)
