@@ -55,8 +55,10 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_left
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import yaml
@@ -459,19 +461,12 @@ def _rate_percentile(trace: Trace, percentile: float, window_s: float) -> tuple[
         if w < len(lengths):
             counts[w] += 1
     windows = sorted((c / length, c) for c, length in zip(counts, lengths, strict=True))
-    counted = sum(counts)
-    if counted == 0:
-        return 0.0, "no request in a counted window", 0.0
     # The rate of the window the percentile's request arrives in: walk the windows from the quietest,
-    # adding their requests, until the share reaches the percentile.
-    rank = max(1, math.ceil(percentile / 100.0 * counted))
-    seen = 0
-    rate = windows[-1][0]
-    for window_rate, count in windows:
-        seen += count
-        if seen >= rank:
-            rate = window_rate
-            break
+    # adding their requests, until the share reaches the percentile. Arrivals count from the first
+    # request, so the first window holds one and the walk always ends on a window.
+    requests_up_to = list(accumulate(count for _, count in windows))
+    rank = max(1, math.ceil(percentile / 100.0 * requests_up_to[-1]))
+    rate = windows[bisect_left(requests_up_to, rank)][0]
     basis = (
         f"p{percentile:g} of requests by the request rate of their {window_s:g} s window "
         f"({len(windows)} windows)"
