@@ -57,7 +57,8 @@ class FleetStore:
       touched is re-evaluated only by :meth:`refresh`: call it periodically (the scraper does each round).
     - **Zone power** is, per zone, the sum over its endpoints of the last reported ``power_w`` where
       that reading is itself no older than ``stale_after_s``, else ``modelled_power_w(spec, load)``.
-      Drained and unhealthy endpoints still count: they still draw power.
+      Drained and unhealthy endpoints still count: they still draw power. The snapshot's
+      ``zone_ineligible_power_w`` is the part of it drawn by endpoints whose status is not READY.
     - **Bad telemetry** is rejected per sample (see :func:`fleet.telemetry.validate_sample`) and leaves
       everything already stored untouched; ``apply`` returns the rejections for the caller to count.
     """
@@ -128,6 +129,9 @@ class FleetStore:
         self._published_zone_power_w: dict[str, float] = {
             z: math.fsum(pick(self._power_w)) for z, pick in self._pick_zone.items()
         }
+        self._published_zone_ineligible_power_w: dict[str, float] = {
+            z: self._ineligible_power_w(z, self._published_by_id) for z in self._pick_zone
+        }
         self._snapshot = FleetSnapshot(
             version=1,
             taken_at_s=float(now_s),
@@ -136,6 +140,7 @@ class FleetStore:
             by_model=MappingProxyType(self._published_by_model),
             zones=MappingProxyType(dict(zone_by_name)),
             zone_power_w=MappingProxyType(self._published_zone_power_w),
+            zone_ineligible_power_w=MappingProxyType(self._published_zone_ineligible_power_w),
         )
 
     # --- readers (any thread) -------------------------------------------------------------------
@@ -305,6 +310,10 @@ class FleetStore:
             return float(reported)
         return self._modelled_w[eid]
 
+    def _ineligible_power_w(self, zone: str, by_id: Mapping[str, EndpointState]) -> float:
+        """Watts drawn in ``zone`` by endpoints that may not take new work, per the states ``by_id``."""
+        return math.fsum(self._power_w[eid] for eid in self._zone_members[zone] if not by_id[eid].eligible)
+
     def _state_of(self, eid: str, now_s: float) -> EndpointState:
         return EndpointState(
             spec=self._specs[eid],
@@ -320,25 +329,36 @@ class FleetStore:
         by_id = self._published_by_id.copy()
         models: set[str] = set()
         zones: set[str] = set()
+        ineligible_zones: set[str] = set()  # zones whose ineligible endpoints or their draw changed
         for eid in changed:
             state = self._state_of(eid, now_s)
+            was_eligible = by_id[eid].eligible
             endpoints[self._position[eid]] = state
             by_id[eid] = state
             spec = self._specs[eid]
             models.add(spec.model)
             power_w = self._power_of(eid, now_s)
-            if power_w != self._power_w[eid]:
+            power_changed = power_w != self._power_w[eid]
+            if power_changed:
                 self._power_w[eid] = power_w
                 zones.add(spec.zone)
+            if was_eligible != state.eligible or (power_changed and not state.eligible):
+                ineligible_zones.add(spec.zone)
         by_model = self._published_by_model.copy()
         for model in models:
             by_model[model] = self._pick_model[model](by_id)
         zone_power_w = self._published_zone_power_w.copy()
         for zone in zones:
             zone_power_w[zone] = math.fsum(self._pick_zone[zone](self._power_w))
+        zone_ineligible_power_w = self._published_zone_ineligible_power_w
+        if ineligible_zones:
+            zone_ineligible_power_w = zone_ineligible_power_w.copy()
+            for zone in ineligible_zones:
+                zone_ineligible_power_w[zone] = self._ineligible_power_w(zone, by_id)
         self._published_by_id = by_id
         self._published_by_model = by_model
         self._published_zone_power_w = zone_power_w
+        self._published_zone_ineligible_power_w = zone_ineligible_power_w
         self._snapshot = FleetSnapshot(
             version=previous.version + 1,
             taken_at_s=float(now_s),
@@ -347,6 +367,7 @@ class FleetStore:
             by_model=MappingProxyType(by_model),
             zones=previous.zones,
             zone_power_w=MappingProxyType(zone_power_w),
+            zone_ineligible_power_w=MappingProxyType(zone_ineligible_power_w),
         )
 
 

@@ -198,7 +198,9 @@ class FleetSnapshot:
 
     ``endpoints`` is sorted by endpoint id; ``by_id`` and ``by_model`` index the same states.
     ``zone_power_w`` is the power drawn per zone: reported where endpoints report it, modelled from
-    utilisation otherwise.
+    utilisation otherwise. ``zone_ineligible_power_w`` is the part of it drawn by endpoints that may not
+    take new work (stale, unhealthy, drained): they draw it until they are gone, so the planner takes it
+    off the zone's cap (a zone missing from it: 0 W).
     """
 
     version: int
@@ -208,6 +210,7 @@ class FleetSnapshot:
     by_model: Mapping[str, tuple[EndpointState, ...]]
     zones: Mapping[str, ZoneSpec]
     zone_power_w: Mapping[str, float] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    zone_ineligible_power_w: Mapping[str, float] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
 
     @property
     def models(self) -> tuple[str, ...]:

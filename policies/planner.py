@@ -17,7 +17,9 @@ Parameters
     price_e     USD/h of e while active
     act_e       power of e while active, W;  dyn_e  load-proportional power on top, W (policies.capacity:
                 act_e = the profile's full power and dyn_e = 0, since an engine with work is busy)
-    pcap_z      power cap of zone z, W
+    pcap_z      power budget of zone z, W: its cap less what its endpoints outside E_on draw now (stale,
+                unhealthy or drained endpoints draw power until they are gone; the snapshot's
+                ``zone_ineligible_power_w``)
     pen_c       penalty per unserved request of c, USD (critical >> standard >> sheddable)
     k           energy price, USD/kWh (0: energy not priced);  κ  churn penalty, USD/h per switched endpoint
     prev_e      1 if e is active in the previous plan, else 0;  res_e  1 if e is reserved
@@ -293,7 +295,8 @@ class _Data:
     groups: tuple[_Group, ...]
     tiers: tuple[_Tier, ...]
     cap: Mapping[tuple[int, int], float]  # (h, c) -> requests/s per replica; only entries > 0
-    zones: Mapping[str, float]  # zone -> power cap, W
+    zones: Mapping[str, float]  # zone -> power budget, W: cap less the ineligible endpoints' draw
+    ineligible_power_w: Mapping[str, float]  # zone -> power its ineligible endpoints draw, W
     servable: tuple[int, ...]  # classes some group can serve (the others are all unserved: a constant)
     unavoidable_usd_per_hour: float  # objective terms no decision changes
     pool_of: Mapping[str, str]  # endpoint id -> pool, for every endpoint in the snapshot
@@ -406,6 +409,7 @@ def _prepare(
         penalties[ci] * rates[ci] for ci in range(len(classes)) if ci not in servable_set
     )
     pool_of = {st.endpoint_id: st.spec.pool for st in snapshot.endpoints}
+    held_w = {z: snapshot.zone_ineligible_power_w.get(z, 0.0) for z in snapshot.zones}
     return _Data(
         classes=classes,
         rates=rates,
@@ -413,7 +417,10 @@ def _prepare(
         groups=tuple(groups),
         tiers=tuple(tiers),
         cap=MappingProxyType(cap),
-        zones=MappingProxyType({z.name: z.power_cap_w for z in snapshot.zones.values()}),
+        zones=MappingProxyType(
+            {z.name: max(0.0, z.power_cap_w - held_w[z.name]) for z in snapshot.zones.values()}
+        ),
+        ineligible_power_w=MappingProxyType(held_w),
         servable=servable,
         unavoidable_usd_per_hour=unservable_usd_per_hour
         + config.churn_penalty_usd_per_hour * ineligible_prev_active,
@@ -768,7 +775,7 @@ def _disaggregate(
     active: list[str] = []
     share: dict[str, Mapping[str, float]] = {}
     desired: dict[str, int] = dict.fromkeys(data.all_pools, 0)
-    zone_power: dict[str, float] = dict.fromkeys(data.zones, 0.0)
+    zone_power: dict[str, float] = dict(data.ineligible_power_w)  # drawn until those endpoints are gone
     served = [0.0] * len(data.classes)
     price = 0.0
     power_w = 0.0
@@ -841,9 +848,11 @@ def _infeasibility(data: _Data) -> str | None:
             for t in h.tiers
         )
         if idle > cap_w:
+            held_w = data.ineligible_power_w.get(zone, 0.0)
+            held = f" (its cap less {held_w:.0f} W drawn by endpoints that may not take work)"
             return (
-                f"zone {zone}: the reserved endpoints' power {idle:.0f} W (active) exceeds its power cap "
-                f"{cap_w:.0f} W; unreserve endpoints or raise the cap"
+                f"zone {zone}: the reserved endpoints' power {idle:.0f} W (active) exceeds its power budget "
+                f"{cap_w:.0f} W{held if held_w else ''}; unreserve endpoints or raise the cap"
             )
     return None
 

@@ -231,6 +231,7 @@ def fleet_json(
                 "region": z.region,
                 "power_cap_w": z.power_cap_w,
                 "power_w": snapshot.zone_power_w.get(z.name, 0.0),
+                "ineligible_power_w": snapshot.zone_ineligible_power_w.get(z.name, 0.0),
             }
             for z in sorted(snapshot.zones.values(), key=lambda z: z.name)
         ],

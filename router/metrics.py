@@ -26,6 +26,7 @@ Names and labels (units in the names)::
     turnout_build_info{version}                               1
     -- read from the snapshot / plan at scrape time --
     turnout_zone_power_watts{zone}, turnout_zone_power_cap_watts{zone}
+    turnout_zone_ineligible_power_watts{zone}                 of that draw, endpoints that may not take work
     turnout_accelerator_utilization_ratio{kind,zone}          chip-weighted mean busy share
     turnout_endpoints{status}                                 endpoints per status
     turnout_snapshot_version
@@ -240,11 +241,19 @@ class FleetCollector(Collector):
             labels=["zone"],
         )
         cap = GaugeMetricFamily("turnout_zone_power_cap_watts", "Power cap per zone, watts.", labels=["zone"])
+        held = GaugeMetricFamily(
+            "turnout_zone_ineligible_power_watts",
+            "Part of the zone's draw from endpoints that may not take work (stale, unhealthy, drained), "
+            "taken off the cap the planner plans within, watts.",
+            labels=["zone"],
+        )
         for name in sorted(snap.zones):
             power.add_metric([name], snap.zone_power_w.get(name, 0.0))
             cap.add_metric([name], snap.zones[name].power_cap_w)
+            held.add_metric([name], snap.zone_ineligible_power_w.get(name, 0.0))
         yield power
         yield cap
+        yield held
 
         busy_chips: dict[tuple[str, str], float] = defaultdict(float)
         chips: dict[tuple[str, str], int] = defaultdict(int)

@@ -39,6 +39,7 @@ KNOWN_METRICS: dict[str, str] = {
     "turnout_slo_violations_total": "counter",  # {model,kind}
     "turnout_zone_power_watts": "gauge",  # {zone}
     "turnout_zone_power_cap_watts": "gauge",  # {zone}
+    "turnout_zone_ineligible_power_watts": "gauge",  # {zone}
     "turnout_plan_solve_seconds": "histogram",
     "turnout_plan_generation": "gauge",
     "turnout_plan_age_seconds": "gauge",

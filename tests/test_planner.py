@@ -108,6 +108,7 @@ def make_snapshot(
     pools: Sequence[PoolDef],
     zones: Mapping[str, float],
     statuses: Mapping[str, EndpointStatus] | None = None,
+    ineligible_power_w: Mapping[str, float] | None = None,
 ) -> FleetSnapshot:
     statuses = statuses or {}
     states = []
@@ -146,6 +147,7 @@ def make_snapshot(
         zones=MappingProxyType(
             {z: ZoneSpec(name=z, region="us-east-1", power_cap_w=c) for z, c in zones.items()}
         ),
+        zone_ineligible_power_w=MappingProxyType(dict(ineligible_power_w or {})),
     )
 
 
@@ -241,8 +243,9 @@ def check_plan(inst: Instance, plan: Plan) -> float:
         unserved = plan.unserved_rate_per_s[name]
         assert unserved >= -tol
         assert served[name] + unserved == pytest.approx(rate, rel=1e-7, abs=1e-9), name
-    # (power) recomputed per zone, under each cap, and equal to the published figure.
-    zone_power = dict.fromkeys(snap.zones, 0.0)
+    # (power) recomputed per zone, with what its ineligible endpoints draw, under each cap, and equal to
+    # the published figure.
+    zone_power = {z: snap.zone_ineligible_power_w.get(z, 0.0) for z in snap.zones}
     price = 0.0
     for eid in plan.active_endpoint_ids:
         spec = snap.by_id[eid].spec
@@ -258,7 +261,8 @@ def check_plan(inst: Instance, plan: Plan) -> float:
         pools.setdefault(st.spec.pool, 0)
         pools[st.spec.pool] += st.endpoint_id in plan.active_endpoint_ids
     assert dict(plan.desired_replicas) == pools
-    energy = cfg.energy_usd_per_kwh * sum(zone_power.values()) / 1000.0
+    plan_power_w = sum(zone_power.values()) - sum(snap.zone_ineligible_power_w.values())
+    energy = cfg.energy_usd_per_kwh * plan_power_w / 1000.0
     assert plan.predicted_cost_usd_per_hour == pytest.approx(price + energy, rel=1e-9)
     prev = inst.previous.active_endpoint_ids & frozenset(snap.by_id)
     churn = len(plan.active_endpoint_ids ^ prev)
@@ -578,6 +582,47 @@ def test_power_cap_moves_load_to_a_cheaper_watt_zone_and_limits_active_replicas(
     assert plan.desired_replicas["a"] <= 6
     assert plan.unserved_rate_per_s[cls.name] == pytest.approx(0.0, abs=1e-9)
     assert plan.desired_replicas["b"] >= 4
+
+
+def test_power_drawn_by_endpoints_that_may_not_take_work_is_taken_off_the_zone_cap() -> None:
+    hot = LinearProfile(idle_power_w=300.0, max_power_w=1000.0)
+    pools = [
+        PoolDef(name="a", zone="za", model="m", hardware="hw", size=8, price_usd_per_hour=2.0),
+        PoolDef(name="b", zone="zb", model="m", hardware="hw", size=8, price_usd_per_hour=3.0),
+    ]
+    cls = TrafficClass("m", 1024, 512, Priority.CRITICAL)
+    drained = {"a-006": EndpointStatus.DRAINED, "a-007": EndpointStatus.UNHEALTHY}
+    free = make_snapshot(pools, {"za": 4000.0, "zb": 1e6}, drained)
+    probe = Instance(free, demand_of({cls: 1.0}), {"hw": hot}, EMPTY_PLAN, EXACT)
+    demand = demand_of({cls: 6 * probe.cap(free.endpoints[0].spec, cls)})
+    plans = {}
+    for held_w in (0.0, 2000.0):
+        snap = make_snapshot(pools, {"za": 4000.0, "zb": 1e6}, drained, {"za": held_w})
+        inst = Instance(snap, demand, {"hw": hot}, EMPTY_PLAN, EXACT)
+        plans[held_w] = plan = solve(inst)
+        check_plan(inst, plan)  # zone power includes the held draw and stays under the cap
+        assert plan.predicted_zone_power_w["za"] <= 4000.0 + 1e-6
+        assert plan.unserved_rate_per_s[cls.name] == pytest.approx(0.0, abs=1e-9)
+    # 4 kW fit four fully loaded replicas in the cheap zone; with 2 kW still drawn by the drained and
+    # unhealthy endpoints only two, and the rest moves to the dearer zone.
+    assert plans[0.0].desired_replicas["a"] == 4 and plans[0.0].desired_replicas["b"] == 2
+    assert plans[2000.0].desired_replicas["a"] == 2 and plans[2000.0].desired_replicas["b"] == 4
+    assert plans[2000.0].predicted_zone_power_w["za"] == pytest.approx(4000.0, rel=1e-6)
+
+
+def test_reserved_idle_power_over_a_zone_budget_names_the_draw_held_by_ineligible_endpoints() -> None:
+    pools = [
+        PoolDef(name="r", zone="z", model="m", hardware="hw", size=2, price_usd_per_hour=1.0, reserved=True)
+    ]
+    snap = make_snapshot(pools, {"z": 500.0}, ineligible_power_w={"z": 300.0})  # 2 x 200 W > 500 - 300
+    cls = TrafficClass("m", 256, 128, Priority.STANDARD)
+    report = Planner().solve_with_report(
+        snap, demand_of({cls: 1.0}), profile_source({"hw": LinearProfile()}), EMPTY_PLAN, T0, 5.0, EXACT
+    )
+    assert report.plan.status == "failed_kept_previous"
+    assert "power budget 200 W (its cap less 300 W drawn by endpoints that may not take work)" in (
+        report.message
+    )
 
 
 def test_reserved_idle_power_over_a_zone_cap_fails_and_keeps_the_previous_plan() -> None:

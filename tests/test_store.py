@@ -117,6 +117,17 @@ def check_invariants(snap: FleetSnapshot) -> None:
     assert sum(len(v) for v in snap.by_model.values()) == len(ids)
     assert set(snap.zone_power_w) == set(snap.zones)
     assert all(math.isfinite(w) and w >= 0 for w in snap.zone_power_w.values())
+    # The ineligible endpoints' part of each zone's draw: none of it when all may take work, all of it
+    # when none may.
+    assert set(snap.zone_ineligible_power_w) == set(snap.zones)
+    for zone, drawn_w in snap.zone_power_w.items():
+        held_w = snap.zone_ineligible_power_w[zone]
+        assert 0.0 <= held_w <= drawn_w * (1 + 1e-12)
+        members = [s for s in snap.endpoints if s.spec.zone == zone]
+        if all(s.eligible for s in members):
+            assert held_w == 0.0
+        if not any(s.eligible for s in members):
+            assert held_w == pytest.approx(drawn_w, rel=1e-12)
 
 
 # --- construction and the first snapshot ---------------------------------------------------------
@@ -496,6 +507,38 @@ def test_zone_power_uses_fresh_readings_and_falls_back_to_the_model() -> None:
     # drained endpoints still draw power
     store.drain(["h100-llama70b-0"], DrainReason.MAINTENANCE, None, T0 + 17)
     assert store.snapshot().zone_power_w["use1-az1"] == 1_800.0
+
+
+def test_power_drawn_by_endpoints_that_may_not_take_work_is_published_per_zone() -> None:
+    store = make_store()
+    store.apply([TelemetrySample(eid, T0, utilization_ratio=0.0) for eid in IDS], T0)
+    assert dict(store.snapshot().zone_ineligible_power_w) == {"use1-az1": 0.0, "use1-az2": 0.0}
+    # drained: its 4 chips' 400 W idle draw
+    store.drain(["h100-llama70b-0"], DrainReason.MAINTENANCE, None, T0 + 1)
+    assert dict(store.snapshot().zone_ineligible_power_w) == {"use1-az1": 400.0, "use1-az2": 0.0}
+    # its draw changes while drained (finishing its work): followed
+    store.apply([TelemetrySample("h100-llama70b-0", T0 + 2, power_w=2_000.0)], T0 + 2)
+    assert store.snapshot().zone_ineligible_power_w["use1-az1"] == 2_000.0
+    # unhealthy counts too; an eligible endpoint's draw does not
+    store.apply(
+        [
+            TelemetrySample("trn1-llama8b-0", T0 + 3, healthy=False, power_w=500.0),
+            TelemetrySample("static-0", T0 + 3, power_w=300.0),
+        ],
+        T0 + 3,
+    )
+    assert dict(store.snapshot().zone_ineligible_power_w) == {"use1-az1": 2_000.0, "use1-az2": 500.0}
+    # stale: the endpoints that stopped reporting (static-0 expects no telemetry and never goes stale)
+    store.refresh(T0 + 3 + STALE_S + 1)
+    snap = store.snapshot()
+    assert snap.by_id["h100-llama8b-0"].status is EndpointStatus.STALE
+    # power readings aged out too: modelled idle again (100 W per chip)
+    assert dict(snap.zone_ineligible_power_w) == {"use1-az1": 100.0 + 100.0 + 400.0, "use1-az2": 100.0}
+    # back to work: nothing held
+    store.undrain(["h100-llama70b-0"], T0 + 20)
+    now = T0 + 21
+    store.apply([TelemetrySample(eid, now, healthy=True) for eid in IDS], now)
+    assert dict(store.snapshot().zone_ineligible_power_w) == {"use1-az1": 0.0, "use1-az2": 0.0}
 
 
 # --- the one-writer contract ----------------------------------------------------------------------

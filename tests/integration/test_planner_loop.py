@@ -173,6 +173,17 @@ async def test_a_large_fleet_change_replans_early_without_the_drained_endpoints(
         await wait_until(lambda: served.app.plan().generation == 2)
         after = served.app.plan()
         assert not {eid.split("/")[1] for eid in after.active_endpoint_ids} & pools
+        # The drained endpoints still draw power until they are gone: the metric shows it, the plan
+        # counts it in its zones' power and stays within their caps.
+        snap = served.app.store.snapshot()
+        _, text = await served.get_text("/metrics")
+        for zone, spec in snap.zones.items():
+            held_w = snap.zone_ineligible_power_w[zone]
+            drained_here = any(st.spec.zone == zone and st.spec.pool in pools for st in snap.endpoints)
+            assert (held_w > 0.0) == drained_here, (zone, held_w)
+            assert metric_value(text, "turnout_zone_ineligible_power_watts", zone=zone) == held_w
+            assert after.predicted_zone_power_w.get(zone, 0.0) >= held_w
+            assert after.predicted_zone_power_w.get(zone, 0.0) <= spec.power_cap_w + 1e-6
         assert (
             await solves(served, "fleet_change", "optimal") + await solves(served, "replan", "optimal") == 1
         )

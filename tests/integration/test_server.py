@@ -257,6 +257,7 @@ async def test_promtool_accepts_live_metrics(served: Running) -> None:
         "turnout_plan_solve_seconds_bucket",
         "turnout_zone_power_watts",
         "turnout_zone_power_cap_watts",
+        "turnout_zone_ineligible_power_watts",
         "turnout_plan_generation",
         "turnout_plan_cost_usd_per_hour",
         "turnout_plan_status",
