@@ -33,6 +33,8 @@ Names and labels (units in the names)::
     turnout_leases                                            live leases (placed, not yet completed)
     turnout_plan_generation, turnout_plan_age_seconds, turnout_plan_cost_usd_per_hour,
     turnout_plan_status{status}, turnout_pool_desired_replicas{pool}
+    turnout_plan_zone_power_watts{zone}                       the plan's predicted draw per zone
+    turnout_plan_unserved_requests_per_second{model,priority} demand the plan leaves unserved
 """
 
 from __future__ import annotations
@@ -303,3 +305,33 @@ class FleetCollector(Collector):
         for pool, n in sorted(plan.desired_replicas.items()):
             desired.add_metric([pool], n)
         yield desired
+        plan_power = GaugeMetricFamily(
+            "turnout_plan_zone_power_watts",
+            "Power the current plan predicts per zone (with what endpoints that may not take work draw), "
+            "watts.",
+            labels=["zone"],
+        )
+        for zone, watts in sorted(plan.predicted_zone_power_w.items()):
+            plan_power.add_metric([zone], watts)
+        yield plan_power
+        unserved = GaugeMetricFamily(
+            "turnout_plan_unserved_requests_per_second",
+            "Demand the current plan leaves unserved (no SLO-feasible capacity within the power caps), "
+            "requests per second.",
+            labels=["model", "priority"],
+        )
+        for (model, priority), rate in sorted(_unserved_by_model_priority(plan).items()):
+            unserved.add_metric([model, priority], rate)
+        yield unserved
+
+
+def _unserved_by_model_priority(plan: Plan) -> dict[tuple[str, str], float]:
+    """The plan's unserved demand summed per (model, priority) from its class names
+    (``model/in<tokens>/out<tokens>/<priority>``, :class:`~policies.types.TrafficClass`): classes are
+    many, models and priorities few."""
+    out: dict[tuple[str, str], float] = {}
+    for name, rate in plan.unserved_rate_per_s.items():
+        model, _, _, priority = name.rsplit("/", 3)
+        key = (model, priority)
+        out[key] = out.get(key, 0.0) + rate
+    return out

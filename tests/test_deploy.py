@@ -40,6 +40,8 @@ KNOWN_METRICS: dict[str, str] = {
     "turnout_zone_power_watts": "gauge",  # {zone}
     "turnout_zone_power_cap_watts": "gauge",  # {zone}
     "turnout_zone_ineligible_power_watts": "gauge",  # {zone}
+    "turnout_plan_zone_power_watts": "gauge",  # {zone}
+    "turnout_plan_unserved_requests_per_second": "gauge",  # {model,priority}
     "turnout_plan_solve_seconds": "histogram",
     "turnout_plan_generation": "gauge",
     "turnout_plan_age_seconds": "gauge",

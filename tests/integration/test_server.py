@@ -17,6 +17,7 @@ from helpers import (
     VENV_BIN,
     Running,
     bad_request_fields,
+    metric_samples,
     metric_value,
     rpc_error,
     status_details,
@@ -314,6 +315,12 @@ async def test_published_plan_reaches_get_plan_debug_page_and_metrics(served: Ru
         desired_replicas={"h100-llama8b": 1, "h200-llama70b": 0},
         predicted_cost_usd_per_hour=6.88,
         predicted_zone_power_w={"test-az1": 1234.0},
+        unserved_rate_per_s={
+            "llama-3.1-8b/in2048/out512/standard": 0.5,
+            "llama-3.1-8b/in8192/out512/standard": 0.25,
+            "llama-3.1-8b/in2048/out512/critical": 0.0,
+            "llama-3.1-70b/in2048/out512/sheddable": 2.0,
+        },
         solve_seconds=0.042,
     )
     served.app.publish_plan(plan)
@@ -340,3 +347,10 @@ async def test_published_plan_reaches_get_plan_debug_page_and_metrics(served: Ru
     assert metric_value(text, "turnout_plan_cost_usd_per_hour") == 6.88
     assert metric_value(text, "turnout_pool_desired_replicas", pool="h100-llama8b") == 1
     assert 3.0 <= metric_value(text, "turnout_plan_age_seconds") < 60
+    assert metric_value(text, "turnout_plan_zone_power_watts", zone="test-az1") == 1234.0
+    unserved = metric_samples(text, "turnout_plan_unserved_requests_per_second")
+    assert unserved == {
+        (("model", "llama-3.1-8b"), ("priority", "standard")): 0.75,
+        (("model", "llama-3.1-8b"), ("priority", "critical")): 0.0,
+        (("model", "llama-3.1-70b"), ("priority", "sheddable")): 2.0,
+    }
