@@ -331,7 +331,7 @@ def _unserved_by_model_priority(plan: Plan) -> dict[tuple[str, str], float]:
     many, models and priorities few."""
     out: dict[tuple[str, str], float] = {}
     for name, rate in plan.unserved_rate_per_s.items():
-        model, _, _, priority = name.rsplit("/", 3)
-        key = (model, priority)
+        parts = name.rsplit("/", 3)
+        key = (parts[0], parts[3]) if len(parts) == 4 else (name, "unknown")  # a plan made elsewhere
         out[key] = out.get(key, 0.0) + rate
     return out
