@@ -539,7 +539,9 @@ class Plan(_message.Message):
     def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolTarget]: ...
     @_builtins.property
     def predicted_zone_power_watts(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Zone name -> predicted power, watts."""
+        """Zone name -> predicted power, watts: the plan's active endpoints plus what endpoints that may not
+        take work (stale, unhealthy, drained) still draw.
+        """
 
     def __init__(
         self,
