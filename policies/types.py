@@ -51,6 +51,12 @@ class TrafficClass:
         )
 
 
+def model_and_priority_of(class_name: str) -> tuple[str, str] | None:
+    """(model, priority value) of a :attr:`TrafficClass.name`; ``None`` if it is not one."""
+    parts = class_name.rsplit("/", 3)
+    return (parts[0], parts[3]) if len(parts) == 4 else None
+
+
 def _empty() -> Mapping[str, float]:
     return MappingProxyType({})
 

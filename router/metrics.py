@@ -40,7 +40,7 @@ Names and labels (units in the names)::
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -48,7 +48,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fleet.types import EndpointState, EndpointStatus, FleetSnapshot
-from policies.types import Plan
+from policies.types import Plan, model_and_priority_of
 
 PLAN_STATUSES = ("none", "optimal", "feasible", "timeout_kept_previous", "failed_kept_previous")
 OTHER_LABEL = "_other"  # label value standing for names outside the fleet (bounded cardinality)
@@ -299,39 +299,43 @@ class FleetCollector(Collector):
         for s in sorted(set(PLAN_STATUSES) | {plan.status}):
             plan_status.add_metric([s], 1.0 if s == plan.status else 0.0)
         yield plan_status
-        desired = GaugeMetricFamily(
-            "turnout_pool_desired_replicas", "Replicas the plan wants active per pool.", labels=["pool"]
+        yield _labelled_gauge(
+            "turnout_pool_desired_replicas",
+            "Replicas the plan wants active per pool.",
+            ["pool"],
+            (((pool,), n) for pool, n in sorted(plan.desired_replicas.items())),
         )
-        for pool, n in sorted(plan.desired_replicas.items()):
-            desired.add_metric([pool], n)
-        yield desired
-        plan_power = GaugeMetricFamily(
+        yield _labelled_gauge(
             "turnout_plan_zone_power_watts",
             "Power the current plan predicts per zone (with what endpoints that may not take work draw), "
             "watts.",
-            labels=["zone"],
+            ["zone"],
+            (((zone,), watts) for zone, watts in sorted(plan.predicted_zone_power_w.items())),
         )
-        for zone, watts in sorted(plan.predicted_zone_power_w.items()):
-            plan_power.add_metric([zone], watts)
-        yield plan_power
-        unserved = GaugeMetricFamily(
+        yield _labelled_gauge(
             "turnout_plan_unserved_requests_per_second",
             "Demand the current plan leaves unserved (no SLO-feasible capacity within the power caps), "
             "requests per second.",
-            labels=["model", "priority"],
+            ["model", "priority"],
+            sorted(_unserved_by_model_priority(plan).items()),
         )
-        for (model, priority), rate in sorted(_unserved_by_model_priority(plan).items()):
-            unserved.add_metric([model, priority], rate)
-        yield unserved
+
+
+def _labelled_gauge(
+    name: str, documentation: str, labels: list[str], samples: Iterable[tuple[tuple[str, ...], float]]
+) -> GaugeMetricFamily:
+    """A gauge family with one sample per (label values, value) of ``samples``."""
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for values, value in samples:
+        family.add_metric(list(values), value)
+    return family
 
 
 def _unserved_by_model_priority(plan: Plan) -> dict[tuple[str, str], float]:
-    """The plan's unserved demand summed per (model, priority) from its class names
-    (``model/in<tokens>/out<tokens>/<priority>``, :class:`~policies.types.TrafficClass`): classes are
-    many, models and priorities few."""
+    """The plan's unserved demand summed per (model, priority) of its classes: classes are many, models
+    and priorities few."""
     out: dict[tuple[str, str], float] = {}
     for name, rate in plan.unserved_rate_per_s.items():
-        parts = name.rsplit("/", 3)
-        key = (parts[0], parts[3]) if len(parts) == 4 else (name, "unknown")  # a plan made elsewhere
+        key = model_and_priority_of(name) or (name, "unknown")  # a plan made elsewhere
         out[key] = out.get(key, 0.0) + rate
     return out

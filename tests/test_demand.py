@@ -20,7 +20,7 @@ from policies.demand import (
     bucket_upper_bound,
     classify,
 )
-from policies.types import TrafficClass
+from policies.types import TrafficClass, model_and_priority_of
 
 T0 = 1_763_000_000.0
 BOUNDS = BucketBounds(input_tokens=(512, 2048, 8192), output_tokens=(128, 1024))
@@ -225,3 +225,9 @@ def test_pruning_frees_decayed_classes_and_keeps_live_ones() -> None:
         est.observe(CLS, T0 + 100.0 + i * 1e-3)
     assert stale not in est._state
     assert CLS in est._state
+
+
+def test_a_class_name_gives_back_its_model_and_priority() -> None:
+    cls = TrafficClass("org/model-8b", 2048, 512, Priority.SHEDDABLE)  # a model name may hold a slash
+    assert model_and_priority_of(cls.name) == ("org/model-8b", "sheddable")
+    assert model_and_priority_of("not-a-class") is None
