@@ -829,6 +829,7 @@ def _disaggregate(
         unserved_rate_per_s=MappingProxyType(unserved),
         solve_seconds=0.0,
         lp_bound_usd_per_hour=lp_bound,
+        objective_usd_per_hour=objective,
     )
     return plan, objective
 
@@ -1001,15 +1002,16 @@ class Planner:
         # --- Extract ------------------------------------------------------------------------------------
         sol = _feasible(_read(sm, mip, data), data)
         plan, objective = _disaggregate(sol, data, snapshot, previous, cfg, now_s, status, lp_bound)
-        plan = replace(plan, solve_seconds=time.perf_counter() - t0)
         decided = objective - constant
+        gap = (objective - lp_bound) / decided if decided > 0.0 else 0.0
+        plan = replace(plan, solve_seconds=time.perf_counter() - t0, gap_to_lp_ratio=gap)
         cost = plan.predicted_cost_usd_per_hour
         return PlanReport(
             plan=plan,
             objective_usd_per_hour=objective,
             lp_bound_usd_per_hour=lp_bound,
             mip_bound_usd_per_hour=mip_bound,
-            gap_to_lp_ratio=(objective - lp_bound) / decided if decided > 0.0 else 0.0,
+            gap_to_lp_ratio=gap,
             cost_gap_to_lp_ratio=(objective - lp_bound) / cost if cost > 0.0 else 0.0,
             unavoidable_usd_per_hour=constant,
             solver_status=mip_status.name,

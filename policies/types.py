@@ -68,7 +68,10 @@ class Plan:
     ``share[endpoint_id][class_name]`` is the fraction of that class's demand the endpoint should take;
     for each served class the shares over endpoints sum to the served fraction of the class (<= 1).
     ``status`` is "none" (no plan yet), "optimal", "feasible", "timeout_kept_previous" or
-    "failed_kept_previous".
+    "failed_kept_previous". ``objective_usd_per_hour`` is the planner's objective for this plan (its
+    predicted cost plus the penalties for unserved demand and for churn) and ``gap_to_lp_ratio`` how far
+    it lies above the LP relaxation's bound, as a share of the part of the objective decisions can change
+    (see :class:`policies.planner.PlanReport`); both None for a plan made some other way.
     """
 
     generation: int
@@ -82,6 +85,8 @@ class Plan:
     unserved_rate_per_s: Mapping[str, float] = field(default_factory=_empty)  # class name -> req/s
     solve_seconds: float = 0.0
     lp_bound_usd_per_hour: float | None = None  # objective of the LP relaxation, for the gap
+    objective_usd_per_hour: float | None = None
+    gap_to_lp_ratio: float | None = None
 
 
 EMPTY_PLAN = Plan(

@@ -253,4 +253,6 @@ def plan_json(plan: Plan) -> dict[str, object]:
         "unserved_rate_per_s": dict(plan.unserved_rate_per_s),
         "solve_seconds": plan.solve_seconds,
         "lp_bound_usd_per_hour": plan.lp_bound_usd_per_hour,
+        "objective_usd_per_hour": plan.objective_usd_per_hour,
+        "gap_to_lp_ratio": plan.gap_to_lp_ratio,
     }

@@ -35,6 +35,10 @@ Names and labels (units in the names)::
     turnout_plan_status{status}, turnout_pool_desired_replicas{pool}
     turnout_plan_zone_power_watts{zone}                       the plan's predicted draw per zone
     turnout_plan_unserved_requests_per_second{model,priority} demand the plan leaves unserved
+    turnout_plan_objective_usd_per_hour                       the plan's objective: cost plus penalties
+    turnout_plan_lp_bound_usd_per_hour                        the LP relaxation's bound on that objective
+    turnout_plan_lp_gap_ratio                                 objective above the bound, share of what
+                                                              decisions change (the three: planner plans)
 """
 
 from __future__ import annotations
@@ -293,6 +297,24 @@ class FleetCollector(Collector):
             "Predicted fleet cost of the current plan, US dollars per hour.",
             value=plan.predicted_cost_usd_per_hour,
         )
+        yield _optional_gauge(
+            "turnout_plan_objective_usd_per_hour",
+            "Objective of the current plan: its predicted cost plus the penalties for unserved demand and "
+            "churn, US dollars per hour (absent for a plan the planner did not make).",
+            plan.objective_usd_per_hour,
+        )
+        yield _optional_gauge(
+            "turnout_plan_lp_bound_usd_per_hour",
+            "The LP relaxation's optimum, a lower bound on the current plan's objective, US dollars per "
+            "hour.",
+            plan.lp_bound_usd_per_hour,
+        )
+        yield _optional_gauge(
+            "turnout_plan_lp_gap_ratio",
+            "How far the current plan's objective lies above the LP bound, as a share of the part of the "
+            "objective that placement decisions can change.",
+            plan.gap_to_lp_ratio,
+        )
         plan_status = GaugeMetricFamily(
             "turnout_plan_status", "1 for the status of the current plan.", labels=["status"]
         )
@@ -319,6 +341,14 @@ class FleetCollector(Collector):
             ["model", "priority"],
             sorted(_unserved_by_model_priority(plan).items()),
         )
+
+
+def _optional_gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
+    """An unlabelled gauge with its one sample, or none when ``value`` is None."""
+    family = GaugeMetricFamily(name, documentation)
+    if value is not None:
+        family.add_metric([], value)
+    return family
 
 
 def _labelled_gauge(

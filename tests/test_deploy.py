@@ -46,6 +46,9 @@ KNOWN_METRICS: dict[str, str] = {
     "turnout_plan_generation": "gauge",
     "turnout_plan_age_seconds": "gauge",
     "turnout_plan_cost_usd_per_hour": "gauge",
+    "turnout_plan_objective_usd_per_hour": "gauge",
+    "turnout_plan_lp_bound_usd_per_hour": "gauge",
+    "turnout_plan_lp_gap_ratio": "gauge",
     "turnout_plan_status": "gauge",  # {status}
     "turnout_accelerator_utilization_ratio": "gauge",  # {kind,zone}
     "turnout_pool_desired_replicas": "gauge",  # {pool}
@@ -390,7 +393,8 @@ def test_dashboard_has_the_panels_an_operator_needs() -> None:
         "Accelerator utilisation",
         "Plan age",
         "Plan status",
-        "Plan cost (USD/h)",
+        "Plan cost, objective and LP bound (USD/h)",
+        "Plan gap to the LP bound",
         "SLO violations by model and kind",
         "Endpoints by status",
         "Telemetry rejections by field",

@@ -916,6 +916,11 @@ def test_real_model_fleet_plans_within_every_constraint(perf: PerformanceModel) 
     assert report.objective_usd_per_hour == pytest.approx(objective, rel=1e-9)
     assert report.lp_bound_usd_per_hour is not None
     assert report.lp_bound_usd_per_hour <= objective + 1e-6
+    # The published plan carries what operators watch: its objective, the bound and the gap between them.
+    assert plan.objective_usd_per_hour == report.objective_usd_per_hour
+    assert plan.lp_bound_usd_per_hour == report.lp_bound_usd_per_hour
+    assert plan.gap_to_lp_ratio == report.gap_to_lp_ratio
+    assert plan.gap_to_lp_ratio is not None and 0.0 <= plan.gap_to_lp_ratio <= 1.0
     # Some traffic is served, the reserved pool is on, and not every endpoint is needed.
     assert sum(plan.unserved_rate_per_s.values()) < sum(d.rate_per_s for d in demand.values())
     assert plan.desired_replicas["trn2-70b"] == 4

@@ -158,6 +158,10 @@ def plan_to_proto(plan: Plan) -> fleet_pb2.Plan:
         predicted_cost_usd_per_hour=plan.predicted_cost_usd_per_hour,
         predicted_zone_power_watts=dict(plan.predicted_zone_power_w),
         solve_seconds=plan.solve_seconds,
+        objective_usd_per_hour=plan.objective_usd_per_hour,
+        lp_bound_usd_per_hour=plan.lp_bound_usd_per_hour,
+        gap_to_lp_ratio=plan.gap_to_lp_ratio,
+        unserved_requests_per_second=dict(plan.unserved_rate_per_s),
     )
     if plan.generation > 0:
         msg.created_at.CopyFrom(timestamp_from_seconds(plan.created_at_s))

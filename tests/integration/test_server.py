@@ -322,7 +322,18 @@ async def test_published_plan_reaches_get_plan_debug_page_and_metrics(served: Ru
             "llama-3.1-70b/in2048/out512/sheddable": 2.0,
         },
         solve_seconds=0.042,
+        lp_bound_usd_per_hour=6.5,
+        objective_usd_per_hour=8.38,
+        gap_to_lp_ratio=0.1,
     )
+    _, before = await served.get_text("/metrics")  # no plan yet: the planner's figures have no sample
+    for name in (
+        "turnout_plan_objective_usd_per_hour",
+        "turnout_plan_lp_bound_usd_per_hour",
+        "turnout_plan_lp_gap_ratio",
+    ):
+        assert metric_samples(before, name) == {}
+    assert not (await served.fleet.GetPlan(fleet_pb2.GetPlanRequest())).HasField("objective_usd_per_hour")
     served.app.publish_plan(plan)
     with pytest.raises(ValueError, match="does not follow"):
         served.app.publish_plan(plan)
@@ -335,10 +346,13 @@ async def test_published_plan_reaches_get_plan_debug_page_and_metrics(served: Ru
     assert {p.pool: p.desired_replicas for p in got.pools} == {"h100-llama8b": 1, "h200-llama70b": 0}
     assert dict(got.predicted_zone_power_watts) == {"test-az1": 1234.0}
     assert got.created_at.seconds == int(plan.created_at_s)
+    assert (got.objective_usd_per_hour, got.lp_bound_usd_per_hour, got.gap_to_lp_ratio) == (8.38, 6.5, 0.1)
+    assert dict(got.unserved_requests_per_second) == plan.unserved_rate_per_s
 
     page = await served.get_json("/debug/plan")
     assert page["generation"] == 1 and page["active_endpoint_ids"] == [eid]
     assert page["desired_replicas"] == {"h100-llama8b": 1, "h200-llama70b": 0}
+    assert (page["objective_usd_per_hour"], page["gap_to_lp_ratio"]) == (8.38, 0.1)
 
     _, text = await served.get_text("/metrics")
     assert metric_value(text, "turnout_plan_generation") == 1
@@ -348,6 +362,9 @@ async def test_published_plan_reaches_get_plan_debug_page_and_metrics(served: Ru
     assert metric_value(text, "turnout_pool_desired_replicas", pool="h100-llama8b") == 1
     assert 3.0 <= metric_value(text, "turnout_plan_age_seconds") < 60
     assert metric_value(text, "turnout_plan_zone_power_watts", zone="test-az1") == 1234.0
+    assert metric_value(text, "turnout_plan_objective_usd_per_hour") == 8.38
+    assert metric_value(text, "turnout_plan_lp_bound_usd_per_hour") == 6.5
+    assert metric_value(text, "turnout_plan_lp_gap_ratio") == 0.1
     unserved = metric_samples(text, "turnout_plan_unserved_requests_per_second")
     assert unserved == {
         (("model", "llama-3.1-8b"), ("priority", "standard")): 0.75,

@@ -516,6 +516,26 @@ class Plan(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class UnservedRequestsPerSecondEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     GENERATION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
@@ -524,6 +544,10 @@ class Plan(_message.Message):
     PREDICTED_COST_USD_PER_HOUR_FIELD_NUMBER: _builtins.int
     PREDICTED_ZONE_POWER_WATTS_FIELD_NUMBER: _builtins.int
     SOLVE_SECONDS_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_USD_PER_HOUR_FIELD_NUMBER: _builtins.int
+    LP_BOUND_USD_PER_HOUR_FIELD_NUMBER: _builtins.int
+    GAP_TO_LP_RATIO_FIELD_NUMBER: _builtins.int
+    UNSERVED_REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """0 when no plan has been published yet."""
     status: _builtins.str
@@ -531,6 +555,14 @@ class Plan(_message.Message):
     predicted_cost_usd_per_hour: _builtins.float
     solve_seconds: _builtins.float
     """Solver wall time, seconds."""
+    objective_usd_per_hour: _builtins.float
+    """The planner's objective for this plan: predicted_cost_usd_per_hour plus the penalties for unserved
+    demand and for churn against the previous plan. Unset for a plan the planner did not make.
+    """
+    lp_bound_usd_per_hour: _builtins.float
+    """The LP relaxation's optimum: a lower bound on the objective."""
+    gap_to_lp_ratio: _builtins.float
+    """(objective - LP bound) / (the part of the objective that placement decisions can change)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -541,6 +573,12 @@ class Plan(_message.Message):
     def predicted_zone_power_watts(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Zone name -> predicted power, watts: the plan's active endpoints plus what endpoints that may not
         take work (stale, unhealthy, drained) still draw.
+        """
+
+    @_builtins.property
+    def unserved_requests_per_second(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Class name -> demand the plan leaves unserved (no SLO-feasible capacity within the power caps),
+        requests per second.
         """
 
     def __init__(
@@ -554,12 +592,27 @@ class Plan(_message.Message):
         predicted_cost_usd_per_hour: _builtins.float = ...,
         predicted_zone_power_watts: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         solve_seconds: _builtins.float = ...,
+        objective_usd_per_hour: _builtins.float | None = ...,
+        lp_bound_usd_per_hour: _builtins.float | None = ...,
+        gap_to_lp_ratio: _builtins.float | None = ...,
+        unserved_requests_per_second: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gap_to_lp_ratio", b"_gap_to_lp_ratio", "_lp_bound_usd_per_hour", b"_lp_bound_usd_per_hour", "_objective_usd_per_hour", b"_objective_usd_per_hour", "created_at", b"created_at", "gap_to_lp_ratio", b"gap_to_lp_ratio", "lp_bound_usd_per_hour", b"lp_bound_usd_per_hour", "objective_usd_per_hour", b"objective_usd_per_hour"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "endpoints", b"endpoints", "generation", b"generation", "pools", b"pools", "predicted_cost_usd_per_hour", b"predicted_cost_usd_per_hour", "predicted_zone_power_watts", b"predicted_zone_power_watts", "solve_seconds", b"solve_seconds", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gap_to_lp_ratio", b"_gap_to_lp_ratio", "_lp_bound_usd_per_hour", b"_lp_bound_usd_per_hour", "_objective_usd_per_hour", b"_objective_usd_per_hour", "created_at", b"created_at", "endpoints", b"endpoints", "gap_to_lp_ratio", b"gap_to_lp_ratio", "generation", b"generation", "lp_bound_usd_per_hour", b"lp_bound_usd_per_hour", "objective_usd_per_hour", b"objective_usd_per_hour", "pools", b"pools", "predicted_cost_usd_per_hour", b"predicted_cost_usd_per_hour", "predicted_zone_power_watts", b"predicted_zone_power_watts", "solve_seconds", b"solve_seconds", "status", b"status", "unserved_requests_per_second", b"unserved_requests_per_second"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__gap_to_lp_ratio: _TypeAlias = _typing.Literal["gap_to_lp_ratio"]  # noqa: Y015
+    _WhichOneofArgType__gap_to_lp_ratio: _TypeAlias = _typing.Literal["_gap_to_lp_ratio", b"_gap_to_lp_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__lp_bound_usd_per_hour: _TypeAlias = _typing.Literal["lp_bound_usd_per_hour"]  # noqa: Y015
+    _WhichOneofArgType__lp_bound_usd_per_hour: _TypeAlias = _typing.Literal["_lp_bound_usd_per_hour", b"_lp_bound_usd_per_hour"]  # noqa: Y015
+    _WhichOneofReturnType__objective_usd_per_hour: _TypeAlias = _typing.Literal["objective_usd_per_hour"]  # noqa: Y015
+    _WhichOneofArgType__objective_usd_per_hour: _TypeAlias = _typing.Literal["_objective_usd_per_hour", b"_objective_usd_per_hour"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gap_to_lp_ratio) -> _WhichOneofReturnType__gap_to_lp_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lp_bound_usd_per_hour) -> _WhichOneofReturnType__lp_bound_usd_per_hour | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__objective_usd_per_hour) -> _WhichOneofReturnType__objective_usd_per_hour | None: ...
 
 Global___Plan: _TypeAlias = Plan  # noqa: Y015
 
