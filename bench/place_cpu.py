@@ -41,7 +41,7 @@ from place_load import write_config  # noqa: E402
 
 from policies.decision import Placed, Refused  # noqa: E402
 from policies.types import PlacementRequest  # noqa: E402
-from router.app import TurnoutApp  # noqa: E402
+from router.app import TurnoutApp, prepare_gc_for_serving  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.errors import RpcError  # noqa: E402
 from router.services.router_service import PlaceContext, RouterService  # noqa: E402
@@ -124,8 +124,8 @@ async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunRe
         live: deque[str] = deque()
         refused = 0
         held: list[int] = []
-        gc.collect()
-        gc.freeze()
+        saved_thresholds = gc.get_threshold()
+        prepare_gc_for_serving(config.server.gc_gen0_threshold)  # as `turnout serve` does after start-up
         started = time.thread_time()
         for i, msg in enumerate(msgs):
             try:
@@ -144,6 +144,7 @@ async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunRe
                 held.append(len(engine.ledger))
         cpu_s = time.thread_time() - started
         gc.unfreeze()
+        gc.set_threshold(*saved_thresholds)
         n = len(msgs)
         return RunResult(cpu_s / n, engine_s / n, refused / n, statistics.median(held))
     finally:

@@ -2,7 +2,8 @@
 
 Schema (every section optional except ``zones`` and ``pools``; defaults shown)::
 
-    server:    {grpc_addr: "0.0.0.0:50051", http_addr: "0.0.0.0:8080", shutdown_grace_s: 10}
+    server:    {grpc_addr: "0.0.0.0:50051", http_addr: "0.0.0.0:8080", shutdown_grace_s: 10,
+                gc_gen0_threshold: 10000}   # see router.app.prepare_gc_for_serving
     telemetry: {stale_after_s: 15, scrape_interval_s: 5, scrape_timeout_s: 2, max_future_skew_s: 5}
     catalog:   {overrides: {INSTANCE_TYPE: {FIELD: {value: NUMBER, source: TEXT}}}}
     models:    []   # extra architectures, the fields of fleet/data/models.yaml entries
@@ -93,6 +94,8 @@ class ServerConfig:
     grpc_addr: str = "0.0.0.0:50051"
     http_addr: str = "0.0.0.0:8080"
     shutdown_grace_s: float = 10.0  # in-flight calls may finish within this after SIGTERM
+    # Young-generation threshold of the garbage collector while serving (router.app.prepare_gc_for_serving)
+    gc_gen0_threshold: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,13 +429,16 @@ class _Parser:
         )
 
     def server(self, value: object) -> ServerConfig:
-        m = self.mapping(value, "server", ("grpc_addr", "http_addr", "shutdown_grace_s"))
+        m = self.mapping(value, "server", ("grpc_addr", "http_addr", "shutdown_grace_s", "gc_gen0_threshold"))
         d = ServerConfig()
         return ServerConfig(
             grpc_addr=self.address(m.get("grpc_addr", d.grpc_addr), "server.grpc_addr"),
             http_addr=self.address(m.get("http_addr", d.http_addr), "server.http_addr"),
             shutdown_grace_s=self.number(
                 m.get("shutdown_grace_s", d.shutdown_grace_s), "server.shutdown_grace_s", minimum=0
+            ),
+            gc_gen0_threshold=self.integer(
+                m.get("gc_gen0_threshold", d.gc_gen0_threshold), "server.gc_gen0_threshold", minimum=100
             ),
         )
 

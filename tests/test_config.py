@@ -78,6 +78,8 @@ SHAPE_ERRORS: list[tuple[str, Mutation, str, str]] = [
     ("port out of range", _set("server.http_addr", "0.0.0.0:70000"), "server.http_addr", "0 to 65535"),
     ("negative grace", _set("server.shutdown_grace_s", -1), "server.shutdown_grace_s", ">= 0"),
     ("boolean grace", _set("server.shutdown_grace_s", True), "server.shutdown_grace_s", "got a boolean"),
+    ("tiny gc threshold", _set("server.gc_gen0_threshold", 10), "server.gc_gen0_threshold", "integer >= 100"),
+    ("float gc threshold", _set("server.gc_gen0_threshold", 5e3), "server.gc_gen0_threshold", "integer"),
     ("string number", _set("telemetry.stale_after_s", "15"), "telemetry.stale_after_s", "got a string"),
     ("zero staleness", _set("telemetry.stale_after_s", 0), "telemetry.stale_after_s", "> 0"),
     ("nan staleness", _set("telemetry.stale_after_s", math.nan), "telemetry.stale_after_s", "finite"),
@@ -255,6 +257,7 @@ def test_good_config_is_frozen_and_complete(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, data))
     assert isinstance(cfg, TurnoutConfig)
     assert cfg.server.grpc_addr == "127.0.0.1:0" and cfg.server.shutdown_grace_s == 2.0
+    assert cfg.server.gc_gen0_threshold == 10_000  # the default
     assert [p.name for p in cfg.pools] == ["h100-llama8b", "inf2-llama8b", "h200-llama70b"]
     assert cfg.pools[0].precision is Precision.FP8 and cfg.pools[0].expects_telemetry
     assert not cfg.pools[1].expects_telemetry

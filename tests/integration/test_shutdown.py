@@ -69,6 +69,7 @@ async def start_serve(tmp_path: Path, config: Path | None, *extra: str) -> Async
 async def serve_process(tmp_path: Path) -> AsyncIterator[ServeProcess]:
     data = small_fleet()
     data["server"]["shutdown_grace_s"] = 8
+    data["server"]["gc_gen0_threshold"] = 5000
     async with start_serve(tmp_path, write_config(tmp_path, data)) as process:
         yield process
 
@@ -86,8 +87,11 @@ async def test_serve_without_config_runs_the_embedded_default_fleet(tmp_path: Pa
         assert all(e.status == fleet_pb2.ENDPOINT_STATUS_READY for e in snap.endpoints)  # telemetry: none
         process.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.proc.wait(), 15) == 0
-        levels = {line["level"] for line in await process.stderr_lines()}
-        assert "debug" in levels  # --log-level debug lets debug records through
+        lines = await process.stderr_lines()
+        assert "debug" in {line["level"] for line in lines}  # --log-level debug lets debug records through
+        # After start-up the collector's young generation waits for server.gc_gen0_threshold allocations.
+        serving = [line for line in lines if line.get("msg") == "serving"]
+        assert len(serving) == 1 and serving[0]["gc_thresholds"][0] == 10_000, serving
 
 
 async def _ready_status(base_url: str) -> int:
@@ -146,6 +150,7 @@ async def test_sigint_stops_an_idle_server_quickly(serve_process: ServeProcess) 
     lines = await serve_process.stderr_lines()
     serving = next(line for line in lines if line["msg"] == "serving")
     assert serving["level"] == "info" and serving["endpoints"] == 18
+    assert serving["gc_thresholds"][0] == 5000  # server.gc_gen0_threshold of the config
     assert f"127.0.0.1:{serving['grpc_port']}" == serve_process.grpc_target
 
 
