@@ -16,11 +16,12 @@ Scenarios:
 Printed per scenario and run: wall-clock p50, p90, p99, p99.9 and max of the ``place`` call alone; its
 thread CPU time p50/p99 (what the decision costs without the preemption of a shared machine); and p50/p99
 of the whole decision cycle (``expire`` + ``place`` + ``lease_for`` + ``reserve``). The fleet and plan are
-moved out of the garbage collector's reach after loading and its young generation's threshold raised to
-``server.gc_gen0_threshold``'s default (:func:`router.app.prepare_gc_for_serving`, as ``turnout serve``
-does after start-up); the tail (p99.9, max) still includes collector pauses over the live leases.
+moved out of the garbage collector's reach after loading and its young generation's threshold set to
+``server.gc_gen0_threshold``'s default or to ``--gc-gen0-threshold``
+(:func:`router.app.prepare_gc_for_serving`, as ``turnout serve`` does after start-up); the tail (p99.9,
+max) still includes collector pauses over the live leases.
 Target: p99 <= 1 ms at 1,000 endpoints.
-Usage: ``.venv/bin/python bench/decision_time.py [--requests N] [--runs R]``.
+Usage: ``.venv/bin/python bench/decision_time.py [--requests N] [--runs R] [--gc-gen0-threshold T]``.
 """
 
 from __future__ import annotations
@@ -205,7 +206,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[i]
 
 
-def run_once(seed: int, requests: int, churn: bool, perf: PerformanceModel) -> dict[str, object]:
+def run_once(
+    seed: int, requests: int, churn: bool, perf: PerformanceModel, gc_gen0_threshold: int
+) -> dict[str, object]:
     rng = random.Random(seed)
     specs, loads = build_fleet(rng)
     states = {s.endpoint_id: EndpointState(s, loads[s.endpoint_id], EndpointStatus.READY) for s in specs}
@@ -241,8 +244,7 @@ def run_once(seed: int, requests: int, churn: bool, perf: PerformanceModel) -> d
     warmup = min(2000, requests // 10)
     # What a server does once its fleet and plan are loaded: move them out of the collector's way and
     # raise the young generation's threshold to the configured default.
-    saved_thresholds = gc.get_threshold()
-    prepare_gc_for_serving(ServerConfig().gc_gen0_threshold)
+    saved_thresholds = prepare_gc_for_serving(gc_gen0_threshold)
     pauses: list[tuple[int, float]] = []
     started = [0.0]
 
@@ -322,6 +324,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=20_000, help="requests per run (default 20000)")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
+    ap.add_argument(
+        "--gc-gen0-threshold",
+        type=int,
+        default=ServerConfig().gc_gen0_threshold,
+        help="the collector's young-generation threshold while deciding (default: the server's, "
+        "server.gc_gen0_threshold; CPython's own is 700; 0 turns automatic collection off)",
+    )
     args = ap.parse_args()
     perf = PerformanceModel(load_catalog(), load_models())
     print(
@@ -331,12 +340,18 @@ def main() -> None:
     print(
         f"  machine: {os.cpu_count()} CPUs, load average {load1:.2f} (1 min) {load5:.2f} (5 min) at start; "
         "wall times include preemption by other processes, CPU times do not; garbage collector's young "
-        f"generation threshold {ServerConfig().gc_gen0_threshold} while deciding"
+        f"generation threshold {args.gc_gen0_threshold} while deciding"
     )
     for scenario in ("static", "churn"):
         p99s = []
         for run in range(args.runs):
-            r = run_once(seed=run, requests=args.requests, churn=scenario == "churn", perf=perf)
+            r = run_once(
+                seed=run,
+                requests=args.requests,
+                churn=scenario == "churn",
+                perf=perf,
+                gc_gen0_threshold=args.gc_gen0_threshold,
+            )
             place = r["place"]
             cpu = r["place_cpu"]
             cycle = r["cycle"]

@@ -14,7 +14,7 @@ and the rest (conversion, validation, metrics, encoding of the answer). ``--stre
 into a ``PlaceResult`` as ``PlaceStream`` does, instead of a ``Placement`` as ``Place`` does.
 
 Usage: ``.venv/bin/python bench/place_cpu.py [--requests 4000] [--runs 3] [--in-flight 200]
-[--candidates 12 0] [--stream]``
+[--candidates 12 0] [--stream] [--gc-gen0-threshold T]``
 """
 
 from __future__ import annotations
@@ -124,8 +124,10 @@ async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunRe
         live: deque[str] = deque()
         refused = 0
         held: list[int] = []
-        saved_thresholds = gc.get_threshold()
-        prepare_gc_for_serving(config.server.gc_gen0_threshold)  # as `turnout serve` does after start-up
+        # as `turnout serve` does after start-up
+        saved_thresholds = prepare_gc_for_serving(
+            config.server.gc_gen0_threshold if args.gc_gen0_threshold is None else args.gc_gen0_threshold
+        )
         started = time.thread_time()
         for i, msg in enumerate(msgs):
             try:
@@ -164,6 +166,12 @@ def main() -> int:
         help="candidates_per_decision values to measure (0: every feasible endpoint)",
     )
     ap.add_argument("--stream", action="store_true", help="answer into a PlaceResult, as PlaceStream does")
+    ap.add_argument(
+        "--gc-gen0-threshold",
+        type=int,
+        default=None,
+        help="the collector's young-generation threshold (default: the config's server.gc_gen0_threshold)",
+    )
     args = ap.parse_args()
     print(
         f"place_cpu: {args.requests} requests per run, {args.in_flight} held in flight, {args.runs} runs, "

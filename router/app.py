@@ -118,7 +118,7 @@ class LoadModel:
         return self.utilization_ratio(state.spec, load)
 
 
-def prepare_gc_for_serving(gen0_threshold: int) -> None:
+def prepare_gc_for_serving(gen0_threshold: int) -> tuple[int, int, int]:
     """What the process does with the garbage collector once its start-up is done.
 
     Everything built so far (fleet, catalog, serving profiles, indexes) is collected once and moved out of
@@ -128,12 +128,13 @@ def prepare_gc_for_serving(gen0_threshold: int) -> None:
     container objects alive until its ``Complete``, so at the default a young collection would run every
     few dozen decisions, and the ones it lands in make the decision time's 99th percentile; at 10,000
     they land in about one decision in a thousand (``bench/decision_time.py``, README). The older
-    generations' thresholds stay as they are.
+    generations' thresholds stay as they are. Returns the thresholds before (for a bench to restore).
     """
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
+    before = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, before[1], before[2])
+    return before
 
 
 class TurnoutApp:

@@ -288,10 +288,11 @@ class FleetCollector(Collector):
         yield GaugeMetricFamily(
             "turnout_plan_generation", "Generation of the current plan; 0 when none.", value=plan.generation
         )
-        age = GaugeMetricFamily("turnout_plan_age_seconds", "Seconds since the current plan was published.")
-        if plan.generation > 0:
-            age.add_metric([], max(0.0, self._clock() - plan.created_at_s))
-        yield age
+        yield _optional_gauge(
+            "turnout_plan_age_seconds",
+            "Seconds since the current plan was published.",
+            max(0.0, self._clock() - plan.created_at_s) if plan.generation > 0 else None,
+        )
         yield GaugeMetricFamily(
             "turnout_plan_cost_usd_per_hour",
             "Predicted fleet cost of the current plan, US dollars per hour.",
