@@ -44,7 +44,7 @@ from policies.types import PlacementRequest  # noqa: E402
 from router.app import TurnoutApp, prepare_gc_for_serving  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.errors import RpcError  # noqa: E402
-from router.services.router_service import PlaceContext, RouterService  # noqa: E402
+from router.services.router_service import RouterService  # noqa: E402
 from turnout.v1 import common_pb2, router_pb2  # noqa: E402
 
 MODELS = ("llama-3.1-8b", "llama-3.1-8b", "llama-3.1-8b", "llama-3.1-70b")
@@ -98,16 +98,7 @@ async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunRe
         while app.plan().generation == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         engine = app.engine
-        service = RouterService(
-            context=PlaceContext(
-                served_models=frozenset(app.store.snapshot().by_model),
-                accelerator_kinds=app.fleet.catalog.kinds(),
-                zone_regions={z.name: z.region for z in config.zones},
-                slo=config.slo,
-            ),
-            engine=engine,
-            metrics=app.metrics,
-        )
+        service = RouterService(context=app.place_context(), engine=engine, metrics=app.metrics)
         engine_s = 0.0
         place = engine.place
 

@@ -32,9 +32,15 @@ answers decoded only when their lease id is needed, two metric samples per strea
 processes take a noticeable share, runs are not comparable with each other: ``--wait-quiet SECONDS`` waits
 before each run (up to that long) until the machine is idle.
 
+Ceilings (``--server``, read with ``bench/echo_server.py``): ``echo`` serves the same service with no work
+beyond decoding each request and encoding a fixed placement (the transport's ceiling on this machine that
+day); ``fixed`` serves Turnout's own method wrappers and Router servicer (conversion, validation, metrics,
+encoding) with a fixed placement instead of a decision (the ceiling for any decision code on this stack).
+
 Targets (issue 3): Place >= 2,500 calls/s and PlaceStream >= 10,000 placements/s per process.
 Usage: ``.venv/bin/python bench/place_load.py [--runs 3] [--duration 15s] [--vus 32] [--streams 4]
-[--per-stream 3000] [--window 64] [--scale 3] [--wait-quiet 0]``. Default total run time about 2 minutes.
+[--per-stream 3000] [--window 64] [--scale 3] [--wait-quiet 0] [--server turnout|echo|fixed]``. Default
+total run time about 2 minutes.
 """
 
 from __future__ import annotations
@@ -123,17 +129,21 @@ def write_config(path: Path, scale: int) -> None:
 
 
 class Server:
-    """A ``turnout serve`` child process on loopback port 0 (or, with ``echo``, ``bench/echo_server.py``:
-    the same service answering a fixed placement, which measures the transport ceiling)."""
+    """A ``turnout serve`` child process on loopback port 0 (``kind`` "turnout"), or ``bench/echo_server.py``
+    answering a fixed placement: "echo" with the bare service (the transport ceiling), "fixed" with
+    Turnout's own servicer stack on ``config``'s fleet (the ceiling for any decision code)."""
 
-    def __init__(self, config: Path, workdir: Path, echo: bool = False) -> None:
+    def __init__(self, config: Path, workdir: Path, kind: str = "turnout") -> None:
         ports = workdir / "ports.json"
         ports.unlink(missing_ok=True)
-        self.echo = echo
+        self.echo = kind != "turnout"  # no decision, no /metrics
         self.log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        echo = [str(PY), str(ROOT / "bench" / "echo_server.py"), "--ports-file", str(ports)]
         command = (
-            [str(PY), str(ROOT / "bench" / "echo_server.py"), "--ports-file", str(ports)]
-            if echo
+            echo
+            if kind == "echo"
+            else [*echo, "--config", str(config)]
+            if kind == "fixed"
             else [
                 str(PY),
                 "-m",
@@ -378,9 +388,10 @@ def main() -> int:
     )
     p.add_argument(
         "--server",
-        choices=("turnout", "echo"),
+        choices=("turnout", "echo", "fixed"),
         default="turnout",
-        help="echo: bench/echo_server.py, the same service answering a fixed placement (transport ceiling)",
+        help="echo: bench/echo_server.py, the same service answering a fixed placement (transport ceiling); "
+        "fixed: Turnout's own servicer stack answering a fixed placement (the ceiling for any decision code)",
     )
     args = p.parse_args()
     if not K6.exists():
@@ -394,7 +405,7 @@ def main() -> int:
             f"place_load: default fleet x{args.scale}, leases <= 2 s; {os.cpu_count()} CPUs shared by the "
             "server and k6 (and anything else running), so figures are lower bounds for one server process"
         )
-        server = Server(config, workdir, echo=args.server == "echo")
+        server = Server(config, workdir, args.server)
         try:
             if args.only in (None, "place"):
                 runs = [one_run(server, "place", args, workdir) for _ in range(args.runs)]

@@ -215,6 +215,16 @@ class TurnoutApp:
         assert self._engine is not None, "start() first"
         return self._engine
 
+    def place_context(self) -> PlaceContext:
+        """What validating a ``Place`` reads: the served models, accelerator kinds, zones' regions and
+        default SLOs (the Router servicer's; benches build one beside it)."""
+        return PlaceContext(
+            served_models=frozenset(self.store.snapshot().by_model),
+            accelerator_kinds=self.fleet.catalog.kinds(),
+            zone_regions={z.name: z.region for z in self.config.zones},
+            slo=self.config.slo,
+        )
+
     @property
     def planner(self) -> PlannerLoop | None:
         """The planner loop, or ``None`` when ``planner.enabled`` is false."""
@@ -312,24 +322,22 @@ class TurnoutApp:
         )
         self._job_store = await open_job_store(cfg.jobs.store, cfg.jobs.dsn)
 
-        place_context = PlaceContext(
-            served_models=frozenset(store.snapshot().by_model),
-            accelerator_kinds=fleet.catalog.kinds(),
-            zone_regions={z.name: z.region for z in cfg.zones},
-            slo=cfg.slo,
+        # Refuse a port another process already serves (gRPC would otherwise share it silently).
+        server = aio.server(options=[("grpc.so_reuseport", 0)])
+        counter = InvalidArgumentCounter(lambda m: metrics.rpc_invalid_argument.labels(m).inc())
+        counter.register(
+            server,
+            router_pb2_grpc.add_RouterServicer_to_server,
+            RouterService(context=self.place_context(), engine=engine, metrics=metrics),
         )
-        server = aio.server(
-            interceptors=[InvalidArgumentCounter(lambda m: metrics.rpc_invalid_argument.labels(m).inc())],
-            # Refuse a port another process already serves (gRPC would otherwise share it silently).
-            options=[("grpc.so_reuseport", 0)],
+        counter.register(
+            server,
+            fleet_pb2_grpc.add_FleetServicer_to_server,
+            FleetService(store, plan=self.plan, metrics=metrics, clock=self._clock),
         )
-        router_pb2_grpc.add_RouterServicer_to_server(
-            RouterService(context=place_context, engine=engine, metrics=metrics), server
-        )
-        fleet_pb2_grpc.add_FleetServicer_to_server(
-            FleetService(store, plan=self.plan, metrics=metrics, clock=self._clock), server
-        )
-        jobs_pb2_grpc.add_JobsServicer_to_server(
+        counter.register(
+            server,
+            jobs_pb2_grpc.add_JobsServicer_to_server,
             JobsService(
                 self._job_store,
                 known_models=frozenset(fleet.models.names),
@@ -338,7 +346,6 @@ class TurnoutApp:
                 clock=self._clock,
                 zones=[z.name for z in cfg.zones],
             ),
-            server,
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

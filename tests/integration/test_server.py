@@ -304,6 +304,33 @@ async def test_garbage_bytes_are_refused(served: Running) -> None:
     assert (await served.router.Place(good_place())).lease_id
 
 
+async def test_garbage_bytes_in_a_client_stream_end_it_with_invalid_argument(served: Running) -> None:
+    garbage = b"\xff\xff\xff\xff\x0f garbage"
+    place_stream = served.channel.stream_stream(
+        "/turnout.v1.Router/PlaceStream", response_deserializer=router_pb2.PlaceResult.FromString
+    )
+    call = place_stream(iter([good_place(request_id="before").SerializeToString(), garbage]))
+    results = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for result in call:
+            results.append(result)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message for turnout.v1.Router/PlaceStream" in (info.value.details() or "")
+    assert [r.request_id for r in results] == ["before"]  # what came before the garbage was answered
+    assert results[0].WhichOneof("result") == "placement"
+
+    report = served.channel.stream_unary("/turnout.v1.Fleet/ReportTelemetry")
+    err = await rpc_error(report(iter([garbage])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message for turnout.v1.Fleet/ReportTelemetry" in (err.details() or "")
+
+    _, text = await served.get_text("/metrics")
+    for method in ("turnout.v1.Router/PlaceStream", "turnout.v1.Fleet/ReportTelemetry"):
+        assert metric_value(text, "turnout_rpc_invalid_argument_total", method=method) == 1, method
+    # The server goes on.
+    assert (await served.router.Place(good_place(request_id="after"))).lease_id
+
+
 async def test_published_plan_reaches_get_plan_debug_page_and_metrics(served: Running) -> None:
     eid = "test-az1/h100-llama8b/0"
     plan = Plan(
