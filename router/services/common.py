@@ -103,6 +103,8 @@ class InvalidArgumentCounter:
         with every method wrapped."""
         registrar = _Registrar()
         add_to_server(servicer, registrar)
+        if not registrar.services:
+            raise RuntimeError(f"{add_to_server.__name__} registered no methods by name")
         for service, handlers in registrar.services:
             wrapped = {name: self._wrap(h, f"{service}/{name}") for name, h in handlers.items()}
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
