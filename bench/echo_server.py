@@ -5,7 +5,8 @@ load reaches against the same service definition, the same gRPC stack (``grpc.ai
 same machine when the server does no work beyond decoding each request and encoding a fixed placement
 (the chosen candidate and three fallbacks, as ``Place`` answers): the transport ceiling.
 
-``--server fixed`` (``--config PATH``) runs Turnout's own servicer stack instead: its method wrappers,
+``--server fixed`` (``--config PATH``) runs Turnout's own servicer stack instead
+(``bench/fixed_decision_server.py``): its method wrappers,
 :class:`~router.services.router_service.RouterService` (conversion, validation, outcome metrics, encoding
 of the answer) and the same collector setting as ``turnout serve``, with an engine that answers every
 ``Place`` with one placement the real engine decided at start-up on that config's fleet. What it reaches is
@@ -23,27 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import signal
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from grpc import aio
 from grpc_reflection.v1alpha import reflection
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from policies.decision import Placed
-from policies.types import PlacementRequest
-from router.app import TurnoutApp, prepare_gc_for_serving
-from router.config import load_config
-from router.convert.router import place_input_from_proto
-from router.services.common import InvalidArgumentCounter
-from router.services.router_service import CompletionResult, RouterService
-from router.validation import CompletionReport, validate_place_request
 from turnout.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 
@@ -91,62 +79,16 @@ class EchoRouter(router_pb2_grpc.RouterServicer):
         return router_pb2.CompleteResponse()
 
 
-class FixedDecisionEngine:
-    """What :class:`RouterService` calls of the placement engine, answering every ``Place`` with one
-    placement decided by the real engine (its request replaced by the caller's) and every ``Complete``
-    as a first completion: no decision, no lease, no ledger."""
-
-    def __init__(self, placed: Placed, lease_expires_at_s: float) -> None:
-        self._placed = placed
-        self._expires_at_s = lease_expires_at_s
-
-    def place(self, request: PlacementRequest) -> Placed:
-        return dataclasses.replace(self._placed, request=request)
-
-    def lease_expires_at_s(self, decision: Placed) -> float:
-        return self._expires_at_s
-
-    def complete(self, report: CompletionReport) -> CompletionResult:
-        return CompletionResult(already_completed=False, cost_usd=0.0)
-
-
-async def fixed_router(config_path: Path) -> tuple[RouterService, InvalidArgumentCounter, int]:
-    """Turnout's Router servicer and method wrappers over a :class:`FixedDecisionEngine` whose placement the
-    service, started in-process on ``config_path`` and stopped again, decided once it had a plan; and
-    the config's collector threshold."""
-    config = load_config(config_path)
-    app = TurnoutApp(config, grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0")
-    await app.start()
-    try:
-        deadline = time.monotonic() + 60
-        while app.plan().generation == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        context = app.place_context()
-        msg = router_pb2.PlaceRequest(
-            request_id="fixed-0",
-            model="llama-3.1-8b",
-            tenant="bench",
-            input_tokens=1000,
-            max_output_tokens=512,
-            expected_output_tokens=256,
-        )
-        decision = app.engine.place(validate_place_request(place_input_from_proto(msg), context))
-        if not isinstance(decision, Placed):
-            raise RuntimeError(f"the fleet refused the fixed request: {decision}")
-        engine = FixedDecisionEngine(decision, app.engine.lease_expires_at_s(decision))
-        metrics = app.metrics
-    finally:
-        await app.stop()
-    service = RouterService(context=context, engine=engine, metrics=metrics)  # type: ignore[arg-type]
-    counter = InvalidArgumentCounter(lambda m: metrics.rpc_invalid_argument.labels(m).inc())
-    return service, counter, config.server.gc_gen0_threshold
-
-
 async def serve(ports_file: Path, config_path: Path | None) -> None:
     if config_path is None:
         server = aio.server()
         router_pb2_grpc.add_RouterServicer_to_server(EchoRouter(), server)
     else:
+        # Imported here: the bare echo server loads none of Turnout's own modules.
+        from fixed_decision_server import fixed_router
+
+        from router.app import prepare_gc_for_serving
+
         service, counter, gc_gen0_threshold = await fixed_router(config_path)
         server = aio.server(options=[("grpc.so_reuseport", 0)])
         counter.register(server, router_pb2_grpc.add_RouterServicer_to_server, service)

@@ -37,11 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from fixed_decision_server import start_with_first_plan  # noqa: E402
 from place_load import write_config  # noqa: E402
 
 from policies.decision import Placed, Refused  # noqa: E402
 from policies.types import PlacementRequest  # noqa: E402
-from router.app import TurnoutApp, prepare_gc_for_serving  # noqa: E402
+from router.app import prepare_gc_for_serving  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.errors import RpcError  # noqa: E402
 from router.services.router_service import RouterService  # noqa: E402
@@ -91,12 +92,8 @@ async def one_run(candidates: int, args: argparse.Namespace, seed: int) -> RunRe
         data["planner"]["placement"]["candidates_per_decision"] = candidates
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         config = load_config(path)
-    app = TurnoutApp(config, grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0")
-    await app.start()
+    app = await start_with_first_plan(config, 30.0)
     try:
-        deadline = time.monotonic() + 30
-        while app.plan().generation == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
         engine = app.engine
         service = RouterService(context=app.place_context(), engine=engine, metrics=app.metrics)
         engine_s = 0.0
